@@ -1,0 +1,391 @@
+//! The steering decision (egress) and the reverse translation (ingress).
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_SHOT, __sk_buff},
+    cty::c_void,
+    helpers::generated::{bpf_get_netns_cookie, bpf_ktime_get_coarse_ns},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use veer_common::{
+    Config, DIR_IN, DIR_OUT, FAMILY_V4, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER, FlowKey, FlowValue,
+    IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, MAX_SLOTS,
+    RULE_F_VIA, RULESET_BITS, Rule4Key, Rule6Key, RuleValue, ST_CLOSING, ST_EST, ST_NONE, ST_SYN,
+    stats,
+};
+
+use crate::{
+    Verdict,
+    maps::{VEER_FLOWS_V1, VEER_IFACES_V1, VEER_RULES4_V1, VEER_RULES6_V1, config, count, count_rule},
+    packet::{
+        ETH_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Pkt, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN, is_special_dst, parse, parse_inner, read,
+    },
+    rewrite::{clamp_mss, redirect_ingress, redirect_neigh, set_addr, set_inner_saddr},
+};
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn skb(ctx: &TcContext) -> *mut __sk_buff {
+    ctx.skb.skb
+}
+
+#[inline(always)]
+fn netns_cookie(ctx: &TcContext) -> u64 {
+    // SAFETY: helper call on the program's own context.
+    unsafe { bpf_get_netns_cookie(skb(ctx) as *mut c_void) }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The longest-prefix rule for `addr` in `ruleset`.
+#[inline(always)]
+fn lookup_rule(ruleset: u32, family: u8, addr: &[u8; 16]) -> Option<&'static RuleValue> {
+    if family == FAMILY_V4 {
+        let key = Key::new(
+            RULESET_BITS + 32,
+            Rule4Key { ruleset_be: ruleset.to_be(), addr: [addr[0], addr[1], addr[2], addr[3]] },
+        );
+        VEER_RULES4_V1.get(&key)
+    } else {
+        let key = Key::new(RULESET_BITS + 128, Rule6Key { ruleset_be: ruleset.to_be(), addr: *addr });
+        VEER_RULES6_V1.get(&key)
+    }
+}
+
+#[inline(always)]
+fn iface(cookie: u64, ifindex: u32) -> Option<&'static IfaceInfo> {
+    let key = IfaceKey { netns_cookie: cookie, ifindex, _pad: 0 };
+    // SAFETY: entries are only replaced whole by the agent; a concurrent update can at worst
+    // show the old or the new value of a field, never an out-of-bounds access.
+    unsafe { VEER_IFACES_V1.get(&key) }
+}
+
+#[inline(always)]
+fn flow_key(cookie: u64, p: &Pkt, dir: u8) -> FlowKey {
+    FlowKey {
+        netns_cookie: cookie,
+        saddr: p.saddr,
+        daddr: p.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        family: p.family,
+        dir,
+        _pad: 0,
+    }
+}
+
+/// The key of the other direction of `k` (replies of a flow, or the flow a reply belongs to).
+#[inline(always)]
+fn reverse(k: &FlowKey, saddr: [u8; 16], dir: u8) -> FlowKey {
+    FlowKey {
+        netns_cookie: k.netns_cookie,
+        saddr: k.daddr,
+        daddr: saddr,
+        sport: k.dport,
+        dport: k.sport,
+        proto: k.proto,
+        family: k.family,
+        dir,
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+fn timeout_ns(cfg: &Config, state: u8) -> u64 {
+    let s = match state {
+        ST_SYN => cfg.tcp_syn_timeout_s,
+        ST_EST => cfg.tcp_est_timeout_s,
+        ST_CLOSING => cfg.tcp_close_timeout_s,
+        _ => cfg.other_timeout_s,
+    };
+    s as u64 * NS_PER_S
+}
+
+/// Whether a flow entry has idled out.
+#[inline(always)]
+fn expired(f: &FlowValue, now: u64) -> bool {
+    now > f.last_seen_ns && now - f.last_seen_ns > timeout_ns(&config(), f.state)
+}
+
+/// Records a packet of the flow: TCP state and, at most once a second, the last-seen time
+/// (so busy flows do not write a shared cache line per packet).
+#[inline(always)]
+fn touch(f: &mut FlowValue, now: u64, tcp_flags: u8) {
+    if f.state != ST_NONE {
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            if f.state != ST_CLOSING {
+                f.state = ST_CLOSING;
+                f.last_seen_ns = now;
+            }
+            return;
+        }
+        if f.state == ST_SYN && tcp_flags & TCP_ACK != 0 {
+            f.state = ST_EST;
+            f.last_seen_ns = now;
+            return;
+        }
+    }
+    if now > f.last_seen_ns + NS_PER_S {
+        f.last_seen_ns = now;
+    }
+}
+
+#[inline(always)]
+fn frame_len(ctx: &TcContext) -> u32 {
+    ctx.len()
+}
+
+/// Translates the source of an outgoing packet of a steered flow and redirects it.
+#[inline(always)]
+fn steer(ctx: &TcContext, p: &Pkt, f: &FlowValue, reason: u32) -> Result<Verdict, u32> {
+    let len = frame_len(ctx);
+    // SAFETY: reading a field of the program's own context.
+    let gso_segs = unsafe { (*skb(ctx)).gso_segs };
+    if p.proto != IPPROTO_TCP && gso_segs <= 1 && len > f.mtu as u32 + ETH_LEN as u32 {
+        return Ok(Verdict { action: TC_ACT_SHOT as i32, reason: stats::DROP_TOO_BIG });
+    }
+    clamp_mss(ctx, p, f.mss)?;
+    set_addr(ctx, p, p.saddr_off, &p.saddr, &f.addr)?;
+    count_rule(f.rule_id, len);
+    Ok(Verdict { action: redirect_neigh(f.ifindex, p.family, &f.nexthop), reason })
+}
+
+pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
+    let p = parse(ctx)?;
+    let eth_dst0: u8 = read(ctx, 0)?;
+    if eth_dst0 & 1 != 0 || is_special_dst(&p) {
+        return Ok(Verdict::pass(stats::PASS_MCAST));
+    }
+    // The pod answering a ping, or reporting an error: never steered.
+    let is_icmp = p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6;
+    if is_icmp && p.sport == 0 {
+        return Ok(Verdict::pass(stats::PASS_OTHER_PROTO));
+    }
+    let cookie = netns_cookie(ctx);
+    let now = now_ns();
+    let key = flow_key(cookie, &p, DIR_OUT);
+
+    if let Some(fp) = VEER_FLOWS_V1.get_ptr_mut(&key) {
+        // SAFETY: LRU map value; concurrent writers only store whole fields.
+        let f = unsafe { &mut *fp };
+        if !expired(f, now) {
+            touch(f, now, p.tcp_flags);
+            if f.kind == FLOW_STEER {
+                return steer(ctx, &p, f, stats::STEER_PINNED);
+            }
+            return Ok(Verdict::pass(stats::PASS_PINNED_NATIVE));
+        }
+        if f.kind == FLOW_STEER {
+            let _ = VEER_FLOWS_V1.remove(&reverse(&key, f.addr, DIR_IN));
+        }
+        let _ = VEER_FLOWS_V1.remove(&key);
+        count(stats::FLOW_EXPIRED);
+    }
+
+    // SAFETY: reading a field of the program's own context.
+    let ifindex = unsafe { (*skb(ctx)).ifindex };
+    let Some(me) = iface(cookie, ifindex) else {
+        return Ok(Verdict::pass(stats::PASS_UNMANAGED));
+    };
+    let Some(rule) = lookup_rule(me.ruleset, p.family, &p.daddr) else {
+        return Ok(Verdict::pass(stats::PASS_NO_RULE));
+    };
+    let slot = rule.slot as usize;
+    if slot as u32 == me.slot {
+        return Ok(Verdict::pass(stats::PASS_RULE_LOCAL));
+    }
+    // Only connections that start now are moved: a TCP segment other than a SYN without a
+    // pinned flow belongs to a connection that predates the rule (or is a reply of an inbound
+    // connection) and keeps its path.
+    if p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return Ok(Verdict::pass(stats::PASS_TCP_UNPINNED));
+    }
+    if slot >= MAX_SLOTS {
+        return Ok(Verdict::pass(stats::PASS_NO_TARGET));
+    }
+    let tif = me.slots[slot];
+    if tif == 0 {
+        return Ok(Verdict::pass(stats::PASS_NO_TARGET));
+    }
+    let Some(t) = iface(cookie, tif) else {
+        return Ok(Verdict::pass(stats::PASS_NO_TARGET));
+    };
+
+    let mut new_src = [0u8; 16];
+    let mut nexthop = p.daddr;
+    let hdr;
+    if p.family == FAMILY_V4 {
+        if t.flags & IFACE_F_V4 == 0 {
+            return Ok(Verdict::pass(stats::PASS_TARGET_NO_ADDR));
+        }
+        new_src[..4].copy_from_slice(&t.addr4);
+        if rule.flags & RULE_F_VIA != 0 {
+            nexthop = rule.via;
+        } else if t.flags & IFACE_F_GW4 != 0 {
+            nexthop = [0; 16];
+            nexthop[..4].copy_from_slice(&t.gw4);
+        }
+        hdr = 40;
+    } else {
+        if t.flags & IFACE_F_V6 == 0 {
+            return Ok(Verdict::pass(stats::PASS_TARGET_NO_ADDR));
+        }
+        new_src = t.addr6;
+        if rule.flags & RULE_F_VIA != 0 {
+            nexthop = rule.via;
+        } else if t.flags & IFACE_F_GW6 != 0 {
+            nexthop = t.gw6;
+        }
+        hdr = 60;
+    }
+    let mtu = if t.mtu > 0xffff { 0xffff } else { t.mtu as u16 };
+    let mss = if p.proto == IPPROTO_TCP && mtu > hdr { mtu - hdr } else { 0 };
+    let state = if p.proto == IPPROTO_TCP { ST_SYN } else { ST_NONE };
+
+    // Replies arrive on the target with the translated tuple. If that tuple already belongs to
+    // someone else (a native socket on the target's address, or another translated flow), the
+    // replies could not be told apart: do not steer this flow.
+    let rev_key = reverse(&key, new_src, DIR_IN);
+    // One value on the stack, filled as the reverse entry first, then turned into the
+    // outgoing one (the BPF stack is 512 bytes).
+    let mut v = FlowValue {
+        kind: FLOW_REVNAT,
+        state,
+        _pad0: [0; 2],
+        rule_id: rule.rule_id,
+        ifindex,
+        mss,
+        mtu: 0,
+        addr: p.saddr,
+        nexthop: [0; 16],
+        mac: me.mac,
+        _pad2: [0; 2],
+        last_seen_ns: now,
+        created_ns: now,
+    };
+    if VEER_FLOWS_V1.insert(&rev_key, &v, BPF_NOEXIST as u64).is_err() {
+        // SAFETY: read-only look at the entry that is in the way.
+        let mine = match unsafe { VEER_FLOWS_V1.get(&rev_key) } {
+            Some(old) => old.kind == FLOW_REVNAT && old.addr == p.saddr && old.ifindex == ifindex,
+            None => false,
+        };
+        if !mine {
+            return Ok(Verdict::pass(stats::COLLISION));
+        }
+        // A retransmitted SYN of our own flow whose outgoing entry was lost: take it over.
+        if VEER_FLOWS_V1.insert(&rev_key, &v, BPF_ANY as u64).is_err() {
+            return Err(stats::ERR_FLOW_INSERT);
+        }
+    }
+    v.kind = FLOW_STEER;
+    v.ifindex = tif;
+    v.mtu = mtu;
+    v.addr = new_src;
+    v.nexthop = nexthop;
+    v.mac = [0; 6];
+    if VEER_FLOWS_V1.insert(&key, &v, BPF_ANY as u64).is_err() {
+        let _ = VEER_FLOWS_V1.remove(&rev_key);
+        return Err(stats::ERR_FLOW_INSERT);
+    }
+    steer(ctx, &p, &v, stats::STEER_NEW)
+}
+
+pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
+    let p = parse(ctx)?;
+    let eth_dst0: u8 = read(ctx, 0)?;
+    if eth_dst0 & 1 != 0 || is_special_dst(&p) {
+        return Ok(Verdict::pass(stats::PASS_MCAST));
+    }
+    let cookie = netns_cookie(ctx);
+    if p.icmp_error != 0 {
+        return icmp_error(ctx, &p, cookie);
+    }
+    let now = now_ns();
+    let key = flow_key(cookie, &p, DIR_IN);
+    if let Some(fp) = VEER_FLOWS_V1.get_ptr_mut(&key) {
+        // SAFETY: as in `try_egress`.
+        let f = unsafe { &mut *fp };
+        if !expired(f, now) {
+            touch(f, now, p.tcp_flags);
+            if f.kind != FLOW_REVNAT {
+                return Ok(Verdict::pass(stats::PASS_PINNED_NATIVE));
+            }
+            clamp_mss(ctx, &p, f.mss)?;
+            set_addr(ctx, &p, p.daddr_off(), &p.daddr, &f.addr)?;
+            let action = redirect_ingress(ctx, f.ifindex, &f.mac)?;
+            return Ok(Verdict { action, reason: stats::REVNAT });
+        }
+        let _ = VEER_FLOWS_V1.remove(&key);
+        count(stats::FLOW_EXPIRED);
+    }
+
+    // A UDP flow that starts from outside: its replies must leave where it came in even when a
+    // rule covers the peer, so pin the reply direction as native. (TCP needs no entry: replies
+    // of inbound connections are never SYNs, which alone start steering.)
+    if p.proto == IPPROTO_UDP {
+        let out_key = reverse(&key, p.daddr, DIR_OUT);
+        // SAFETY: read-only presence check.
+        if unsafe { VEER_FLOWS_V1.get(&out_key) }.is_none() {
+            // SAFETY: reading a field of the program's own context.
+            let ifindex = unsafe { (*skb(ctx)).ifindex };
+            if let Some(me) = iface(cookie, ifindex) {
+                if let Some(rule) = lookup_rule(me.ruleset, p.family, &p.saddr) {
+                    if rule.slot as u32 != me.slot {
+                        let native = FlowValue {
+                            kind: FLOW_NATIVE,
+                            last_seen_ns: now,
+                            created_ns: now,
+                            ifindex,
+                            ..FlowValue::default()
+                        };
+                        if VEER_FLOWS_V1.insert(&out_key, &native, BPF_NOEXIST as u64).is_ok() {
+                            count(stats::PINNED_INBOUND);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(Verdict::pass(stats::PASS_INGRESS))
+}
+
+/// An ICMP/ICMPv6 error about a packet we translated: restore the outer destination and the
+/// quoted source so the original socket learns of it (PMTU discovery included).
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, p: &Pkt, cookie: u64) -> Result<Verdict, u32> {
+    // Quoted headers may sit outside the linear area; 8 + 40 + 8 covers both families.
+    let _ = ctx.pull_data((p.l4_off + 56) as u32);
+    let i = parse_inner(ctx, p)?;
+    if i.saddr != p.daddr {
+        return Ok(Verdict::pass(stats::PASS_INGRESS));
+    }
+    let key = FlowKey {
+        netns_cookie: cookie,
+        saddr: i.daddr,
+        daddr: i.saddr,
+        sport: i.dport,
+        dport: i.sport,
+        proto: i.proto,
+        family: p.family,
+        dir: DIR_IN,
+        _pad: 0,
+    };
+    // SAFETY: read-only look-up; the value is copied.
+    let Some(f) = (unsafe { VEER_FLOWS_V1.get(&key) }) else {
+        return Ok(Verdict::pass(stats::PASS_INGRESS));
+    };
+    if f.kind != FLOW_REVNAT {
+        return Ok(Verdict::pass(stats::PASS_INGRESS));
+    }
+    set_addr(ctx, p, p.daddr_off(), &p.daddr, &f.addr)?;
+    set_inner_saddr(ctx, p, i.saddr_off, i.csum_off, &i.saddr, &f.addr)?;
+    let action = redirect_ingress(ctx, f.ifindex, &f.mac)?;
+    Ok(Verdict { action, reason: stats::REVNAT_ICMP_ERR })
+}
