@@ -1,0 +1,17 @@
+//! veer's node agent: loads the TC programs, keeps the node-wide maps in line with the desired
+//! state, and attaches the programs inside pod network namespaces.
+//!
+//! Modules:
+//! - [`dataplane`]: loading the embedded eBPF object, pinning and layout-checking its maps;
+//! - [`maps`]: typed access to the pinned maps (rules, interfaces, flows, counters);
+//! - [`lpm`]: the reference longest-prefix model (tests and `veer trace` use it to explain a
+//!   decision the kernel makes);
+//! - [`netns`]: running code inside a network namespace on a dedicated thread.
+
+pub mod dataplane;
+pub mod lpm;
+pub mod maps;
+pub mod netns;
+
+/// The eBPF object built by `cargo xtask build-ebpf --release`, embedded at build time.
+pub static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("VEER_EBPF_OBJ"));

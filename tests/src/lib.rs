@@ -1,0 +1,11 @@
+//! Shared fixtures of veer's test layers.
+//!
+//! - [`packet`]: frame builders and an independent checksum verifier;
+//! - [`privileged`]: the root check every privileged test starts with (fails under `CI=true`);
+//! - [`ns`]: running a test body inside a brand-new network namespace of its own;
+//! - [`harness`]: the loaded programs with fresh maps, for `BPF_PROG_TEST_RUN` suites.
+
+pub mod harness;
+pub mod ns;
+pub mod packet;
+pub mod privileged;

@@ -1,0 +1,223 @@
+//! `cargo xtask`: everything needed to go from a fresh clone to a tested veer.
+//!
+//! - `setup`      install what is missing (idempotent) and check the kernel
+//! - `build-ebpf` build the eBPF object (BTF kept)
+//! - `build`      eBPF object + agent
+//! - `test`       every test layer (setup first); under `CI=true` nothing may be skipped
+//! - `demo`       the main job: veer steering the seed's example in its own namespaces
+//! - `bench`      benchmarks (`--quick` is the smoke test the suite runs)
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, set up, test and demo veer")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (nightly rust-src, LLVM 22, bpf-linker, iproute2, test tools),
+    /// mount bpffs and check kernel features. Idempotent; says what it did.
+    Setup,
+    /// Build the eBPF object (target/ebpf/bpfel-unknown-none/<profile>/veer-ebpf).
+    BuildEbpf {
+        /// Build the release profile (what the agent embeds).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build the eBPF object and the agent (`veer`).
+    Build {
+        /// Build the agent in release mode.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test layer: fmt, clippy, unit, ELF, BPF_PROG_TEST_RUN (root), netns end-to-end
+    /// (root). Runs setup first.
+    Test {
+        /// Do not run setup first.
+        #[arg(long)]
+        no_setup: bool,
+    },
+}
+
+/// The repository root (the parent of xtask/).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Path of the eBPF object for a profile.
+pub fn ebpf_object(release: bool) -> PathBuf {
+    root()
+        .join("target/ebpf/bpfel-unknown-none")
+        .join(if release { "release" } else { "debug" })
+        .join("veer-ebpf")
+}
+
+/// Runs a command, echoing it, failing with its exit status.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let st = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Cargo of the nightly toolchain, with the environment of the outer (stable) cargo removed so
+/// the inner build does not inherit it.
+fn nightly_cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.arg("+nightly");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO") || k.starts_with("RUSTUP_TOOLCHAIN") || k == "RUSTC" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn build_ebpf(release: bool) -> Result<()> {
+    let mut c = nightly_cargo();
+    c.current_dir(root().join("ebpf"))
+        .args([
+            "build",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .arg("--target-dir")
+        .arg(root().join("target/ebpf"))
+        // BTF for maps and programs: `bpftool map dump` prints field names, libbpf loads it.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        );
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    eprintln!("eBPF object: {}", ebpf_object(release).display());
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    build_ebpf(true)?;
+    let mut c = cargo();
+    c.args(["build", "--package", "veer-agent"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn test(no_setup: bool) -> Result<()> {
+    if !no_setup {
+        setup::setup()?;
+    }
+    let r = root();
+    eprintln!("== layer: formatting");
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(nightly_cargo()
+        .current_dir(r.join("ebpf"))
+        .args(["fmt", "--", "--check"]))?;
+
+    eprintln!("== layer: eBPF build (release, BTF)");
+    build_ebpf(true)?;
+
+    eprintln!("== layer: clippy -D warnings");
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(nightly_cargo()
+        .current_dir(r.join("ebpf"))
+        .args([
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+        ])
+        .arg("--target-dir")
+        .arg(r.join("target/ebpf"))
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
+        .args(["--", "-D", "warnings"]))?;
+
+    eprintln!("== layer: host unit tests");
+    run(cargo().args([
+        "test",
+        "--package",
+        "veer-common",
+        "--package",
+        "veer-agent",
+    ]))?;
+
+    eprintln!("== layer: ELF checks (unprivileged)");
+    run(cargo().args(["test", "--package", "veer-tests", "--test", "elf"]))?;
+
+    let privileged = setup::is_root();
+    if !privileged {
+        if ci() {
+            bail!(
+                "the privileged layers (BPF_PROG_TEST_RUN, netns end-to-end) need root and \
+                 CI=true forbids skipping them: run `sudo -E cargo xtask test`"
+            );
+        }
+        eprintln!("!! not root: SKIPPING the privileged layers (test_run, netns)");
+        return Ok(());
+    }
+    eprintln!("== layer: BPF_PROG_TEST_RUN (root)");
+    run(cargo()
+        .args(["test", "--package", "veer-tests", "--test", "test_run"])
+        .args(["--", "--test-threads=2"]))?;
+
+    eprintln!("== layer: netns end-to-end (root)");
+    run(cargo()
+        .args(["test", "--package", "veer-tests", "--test", "netns"])
+        .args(["--", "--test-threads=1"]))?;
+    eprintln!("all test layers passed");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::BuildEbpf { release } => build_ebpf(release),
+        Cmd::Build { release } => build(release),
+        Cmd::Test { no_setup } => test(no_setup),
+    }
+}

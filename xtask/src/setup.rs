@@ -1,0 +1,220 @@
+//! `cargo xtask setup`: installs what is missing and checks the kernel. Idempotent: every step
+//! first looks, then acts only when needed, and says which.
+
+use std::{fs, path::Path, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+use crate::run;
+
+/// Debian packages: LLVM 22 for bpf-linker, and the tools the test suites use.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "bpftool",
+    "iputils-ping",
+];
+
+fn say(what: &str, done: &str) {
+    eprintln!("[setup] {what}: {done}");
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions. (Avoids a libc dependency for one call.)
+    unsafe extern "C" {
+        fn geteuid() -> u32;
+    }
+    unsafe { geteuid() == 0 }
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    cmd.output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn rust_src() -> Result<()> {
+    let have_nightly = output(Command::new("rustup").args(["toolchain", "list"]))
+        .is_some_and(|s| s.lines().any(|l| l.starts_with("nightly")));
+    if !have_nightly {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+        say("nightly toolchain", "installed");
+    } else {
+        say("nightly toolchain", "present");
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    for comp in ["rust-src", "rustfmt", "clippy"] {
+        if installed.lines().any(|l| l.starts_with(comp)) {
+            say(&format!("nightly {comp}"), "present");
+        } else {
+            run(Command::new("rustup").args(["component", "add", comp, "--toolchain", "nightly"]))?;
+            say(&format!("nightly {comp}"), "installed");
+        }
+    }
+    Ok(())
+}
+
+fn apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        say(
+            "Debian packages",
+            &format!("present ({})", APT_PACKAGES.join(" ")),
+        );
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "Debian packages {} are missing and installing them needs root: run `sudo cargo xtask setup`",
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    say(
+        "Debian packages",
+        &format!("installed {}", missing.join(" ")),
+    );
+    Ok(())
+}
+
+/// bpf-linker must be built against the LLVM that rustc's nightly uses (22).
+fn bpf_linker() -> Result<()> {
+    let home = std::env::var("CARGO_HOME")
+        .or_else(|_| std::env::var("HOME").map(|h| format!("{h}/.cargo")))
+        .unwrap_or_else(|_| "/root/.cargo".into());
+    let crates2 = fs::read_to_string(Path::new(&home).join(".crates2.json")).unwrap_or_default();
+    let built_for_22 = crates2.split("\"bpf-linker ").nth(1).is_some_and(|rest| {
+        rest.split('}')
+            .take(3)
+            .collect::<String>()
+            .contains("llvm-22")
+    });
+    let on_path = output(Command::new("bpf-linker").arg("--version")).is_some();
+    if on_path && built_for_22 {
+        say("bpf-linker (LLVM 22)", "present");
+        return Ok(());
+    }
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+        .env_remove("CARGO_TARGET_DIR"))?;
+    say("bpf-linker (LLVM 22)", "installed");
+    Ok(())
+}
+
+fn bpffs() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("bpf") && l.contains(" /sys/fs/bpf "))
+    {
+        say("bpffs on /sys/fs/bpf", "mounted");
+        return Ok(());
+    }
+    if !is_root() {
+        say(
+            "bpffs on /sys/fs/bpf",
+            "NOT mounted (needs root: `sudo mount -t bpf bpf /sys/fs/bpf`)",
+        );
+        return Ok(());
+    }
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    say("bpffs on /sys/fs/bpf", "mounted now");
+    Ok(())
+}
+
+fn kernel() -> Result<()> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut it = release
+        .trim()
+        .split(['.', '-'])
+        .map(|s| s.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    if (major, minor) < (6, 6) {
+        bail!(
+            "kernel {} is too old: veer attaches with TCX (Linux 6.6+) and needs \
+             bpf_get_netns_cookie in TC programs; boot a 6.6 or newer kernel",
+            release.trim()
+        );
+    }
+    say(
+        "kernel",
+        &format!("{} (TCX and clsact available)", release.trim()),
+    );
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!(
+            "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+        );
+    }
+    say("kernel BTF", "present");
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u64 = 21;
+    const CAP_NET_ADMIN: u64 = 12;
+    const CAP_BPF: u64 = 39;
+    let has = |c: u64| cap_eff & (1 << c) != 0;
+    if has(CAP_BPF) || has(CAP_SYS_ADMIN) {
+        say("CAP_BPF", "held");
+    } else {
+        say(
+            "CAP_BPF",
+            "NOT held: privileged tests and the agent need root (sudo)",
+        );
+    }
+    if !has(CAP_NET_ADMIN) {
+        say(
+            "CAP_NET_ADMIN",
+            "NOT held: netns tests and the agent need root (sudo)",
+        );
+    }
+    Ok(())
+}
+
+pub fn setup() -> Result<()> {
+    rust_src().context("nightly toolchain")?;
+    apt().context("Debian packages")?;
+    bpf_linker().context("bpf-linker")?;
+    bpffs().context("bpffs")?;
+    kernel()
+}
