@@ -8,6 +8,7 @@
 //!   decision the kernel makes);
 //! - [`netns`]: running code inside a network namespace on a dedicated thread.
 
+pub mod attach;
 pub mod dataplane;
 pub mod lpm;
 pub mod maps;
