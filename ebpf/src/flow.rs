@@ -1,7 +1,7 @@
 //! The steering decision (egress) and the reverse translation (ingress).
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, TC_ACT_SHOT, __sk_buff},
+    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST, TC_ACT_SHOT},
     cty::c_void,
     helpers::generated::{bpf_get_netns_cookie, bpf_ktime_get_coarse_ns},
     maps::lpm_trie::Key,
@@ -9,14 +9,15 @@ use aya_ebpf::{
 };
 use veer_common::{
     Config, DIR_IN, DIR_OUT, FAMILY_V4, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER, FlowKey, FlowValue,
-    IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, MAX_SLOTS,
-    RULE_F_VIA, RULESET_BITS, Rule4Key, Rule6Key, RuleValue, ST_CLOSING, ST_EST, ST_NONE, ST_SYN,
-    stats,
+    IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, MAX_SLOTS, RULE_F_VIA,
+    RULESET_BITS, Rule4Key, Rule6Key, RuleValue, ST_CLOSING, ST_EST, ST_NONE, ST_SYN, stats,
 };
 
 use crate::{
     Verdict,
-    maps::{VEER_FLOWS_V1, VEER_IFACES_V1, VEER_RULES4_V1, VEER_RULES6_V1, config, count, count_rule},
+    maps::{
+        VEER_FLOWS_V1, VEER_IFACES_V1, VEER_RULES4_V1, VEER_RULES6_V1, config, count, count_rule,
+    },
     packet::{
         ETH_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Pkt, TCP_ACK, TCP_FIN,
         TCP_RST, TCP_SYN, is_special_dst, parse, parse_inner, read,
@@ -49,18 +50,31 @@ fn lookup_rule(ruleset: u32, family: u8, addr: &[u8; 16]) -> Option<&'static Rul
     if family == FAMILY_V4 {
         let key = Key::new(
             RULESET_BITS + 32,
-            Rule4Key { ruleset_be: ruleset.to_be(), addr: [addr[0], addr[1], addr[2], addr[3]] },
+            Rule4Key {
+                ruleset_be: ruleset.to_be(),
+                addr: [addr[0], addr[1], addr[2], addr[3]],
+            },
         );
         VEER_RULES4_V1.get(&key)
     } else {
-        let key = Key::new(RULESET_BITS + 128, Rule6Key { ruleset_be: ruleset.to_be(), addr: *addr });
+        let key = Key::new(
+            RULESET_BITS + 128,
+            Rule6Key {
+                ruleset_be: ruleset.to_be(),
+                addr: *addr,
+            },
+        );
         VEER_RULES6_V1.get(&key)
     }
 }
 
 #[inline(always)]
 fn iface(cookie: u64, ifindex: u32) -> Option<&'static IfaceInfo> {
-    let key = IfaceKey { netns_cookie: cookie, ifindex, _pad: 0 };
+    let key = IfaceKey {
+        netns_cookie: cookie,
+        ifindex,
+        _pad: 0,
+    };
     // SAFETY: entries are only replaced whole by the agent; a concurrent update can at worst
     // show the old or the new value of a field, never an out-of-bounds access.
     unsafe { VEER_IFACES_V1.get(&key) }
@@ -149,12 +163,18 @@ fn steer(ctx: &TcContext, p: &Pkt, f: &FlowValue, reason: u32) -> Result<Verdict
     // SAFETY: reading a field of the program's own context.
     let gso_segs = unsafe { (*skb(ctx)).gso_segs };
     if p.proto != IPPROTO_TCP && gso_segs <= 1 && len > f.mtu as u32 + ETH_LEN as u32 {
-        return Ok(Verdict { action: TC_ACT_SHOT as i32, reason: stats::DROP_TOO_BIG });
+        return Ok(Verdict {
+            action: TC_ACT_SHOT as i32,
+            reason: stats::DROP_TOO_BIG,
+        });
     }
     clamp_mss(ctx, p, f.mss)?;
     set_addr(ctx, p, p.saddr_off, &p.saddr, &f.addr)?;
     count_rule(f.rule_id, len);
-    Ok(Verdict { action: redirect_neigh(f.ifindex, p.family, &f.nexthop), reason })
+    Ok(Verdict {
+        action: redirect_neigh(f.ifindex, p.family, &f.nexthop),
+        reason,
+    })
 }
 
 pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
@@ -246,8 +266,16 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
         hdr = 60;
     }
     let mtu = if t.mtu > 0xffff { 0xffff } else { t.mtu as u16 };
-    let mss = if p.proto == IPPROTO_TCP && mtu > hdr { mtu - hdr } else { 0 };
-    let state = if p.proto == IPPROTO_TCP { ST_SYN } else { ST_NONE };
+    let mss = if p.proto == IPPROTO_TCP && mtu > hdr {
+        mtu - hdr
+    } else {
+        0
+    };
+    let state = if p.proto == IPPROTO_TCP {
+        ST_SYN
+    } else {
+        ST_NONE
+    };
 
     // Replies arrive on the target with the translated tuple. If that tuple already belongs to
     // someone else (a native socket on the target's address, or another translated flow), the
@@ -270,7 +298,10 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
         last_seen_ns: now,
         created_ns: now,
     };
-    if VEER_FLOWS_V1.insert(&rev_key, &v, BPF_NOEXIST as u64).is_err() {
+    if VEER_FLOWS_V1
+        .insert(&rev_key, &v, BPF_NOEXIST as u64)
+        .is_err()
+    {
         // SAFETY: read-only look at the entry that is in the way.
         let mine = match unsafe { VEER_FLOWS_V1.get(&rev_key) } {
             Some(old) => old.kind == FLOW_REVNAT && old.addr == p.saddr && old.ifindex == ifindex,
@@ -320,7 +351,10 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
             clamp_mss(ctx, &p, f.mss)?;
             set_addr(ctx, &p, p.daddr_off(), &p.daddr, &f.addr)?;
             let action = redirect_ingress(ctx, f.ifindex, &f.mac)?;
-            return Ok(Verdict { action, reason: stats::REVNAT });
+            return Ok(Verdict {
+                action,
+                reason: stats::REVNAT,
+            });
         }
         let _ = VEER_FLOWS_V1.remove(&key);
         count(stats::FLOW_EXPIRED);
@@ -330,7 +364,7 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
     // rule covers the peer, so pin the reply direction as native. (TCP needs no entry: replies
     // of inbound connections are never SYNs, which alone start steering.)
     if p.proto == IPPROTO_UDP {
-        let out_key = reverse(&key, p.daddr, DIR_OUT);
+        let out_key = reverse(&key, p.saddr, DIR_OUT);
         // SAFETY: read-only presence check.
         if unsafe { VEER_FLOWS_V1.get(&out_key) }.is_none() {
             // SAFETY: reading a field of the program's own context.
@@ -345,7 +379,10 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
                             ifindex,
                             ..FlowValue::default()
                         };
-                        if VEER_FLOWS_V1.insert(&out_key, &native, BPF_NOEXIST as u64).is_ok() {
+                        if VEER_FLOWS_V1
+                            .insert(&out_key, &native, BPF_NOEXIST as u64)
+                            .is_ok()
+                        {
                             count(stats::PINNED_INBOUND);
                         }
                     }
@@ -387,5 +424,8 @@ fn icmp_error(ctx: &TcContext, p: &Pkt, cookie: u64) -> Result<Verdict, u32> {
     set_addr(ctx, p, p.daddr_off(), &p.daddr, &f.addr)?;
     set_inner_saddr(ctx, p, i.saddr_off, i.csum_off, &i.saddr, &f.addr)?;
     let action = redirect_ingress(ctx, f.ifindex, &f.mac)?;
-    Ok(Verdict { action, reason: stats::REVNAT_ICMP_ERR })
+    Ok(Verdict {
+        action,
+        reason: stats::REVNAT_ICMP_ERR,
+    })
 }

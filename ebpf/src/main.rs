@@ -34,7 +34,10 @@ pub struct Verdict {
 impl Verdict {
     #[inline(always)]
     pub const fn pass(reason: u32) -> Self {
-        Self { action: TC_ACT_OK as i32, reason }
+        Self {
+            action: TC_ACT_OK as i32,
+            reason,
+        }
     }
 }
 

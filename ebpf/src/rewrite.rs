@@ -65,7 +65,13 @@ fn l4_csum(p: &Pkt) -> Option<(usize, u64)> {
 /// Replaces the address at `off` (the packet's source or destination) with `new`, fixing the
 /// IPv4 header checksum and the L4 checksum.
 #[inline(always)]
-pub fn set_addr(ctx: &TcContext, p: &Pkt, off: usize, old: &[u8; 16], new: &[u8; 16]) -> Result<(), u32> {
+pub fn set_addr(
+    ctx: &TcContext,
+    p: &Pkt,
+    off: usize,
+    old: &[u8; 16],
+    new: &[u8; 16],
+) -> Result<(), u32> {
     if p.family == FAMILY_V4 {
         let o = u32::from_ne_bytes([old[0], old[1], old[2], old[3]]) as u64;
         let n = u32::from_ne_bytes([new[0], new[1], new[2], new[3]]) as u64;
@@ -167,9 +173,7 @@ pub fn redirect_neigh(ifindex: u32, family: u8, nexthop: &[u8; 16]) -> i32 {
         nh.__bindgen_anon_1.ipv6_nh = w;
     }
     // SAFETY: `nh` lives on the stack for the call; its size is passed.
-    unsafe {
-        bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32
-    }
+    unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
 }
 
 /// Sets the destination MAC to `mac` and re-delivers the packet on `ifindex`'s ingress, as if it

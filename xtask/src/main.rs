@@ -202,7 +202,15 @@ fn test(no_setup: bool) -> Result<()> {
     }
     eprintln!("== layer: BPF_PROG_TEST_RUN (root)");
     run(cargo()
-        .args(["test", "--package", "veer-tests", "--test", "test_run"])
+        .args([
+            "test",
+            "--package",
+            "veer-tests",
+            "--test",
+            "test_run",
+            "--test",
+            "lpm_property",
+        ])
         .args(["--", "--test-threads=2"]))?;
 
     eprintln!("== layer: netns end-to-end (root)");
