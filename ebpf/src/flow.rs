@@ -164,7 +164,7 @@ fn steer(ctx: &TcContext, p: &Pkt, f: &FlowValue, reason: u32) -> Result<Verdict
     let gso_segs = unsafe { (*skb(ctx)).gso_segs };
     if p.proto != IPPROTO_TCP && gso_segs <= 1 && len > f.mtu as u32 + ETH_LEN as u32 {
         return Ok(Verdict {
-            action: TC_ACT_SHOT as i32,
+            action: TC_ACT_SHOT,
             reason: stats::DROP_TOO_BIG,
         });
     }
@@ -369,23 +369,22 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
         if unsafe { VEER_FLOWS_V1.get(&out_key) }.is_none() {
             // SAFETY: reading a field of the program's own context.
             let ifindex = unsafe { (*skb(ctx)).ifindex };
-            if let Some(me) = iface(cookie, ifindex) {
-                if let Some(rule) = lookup_rule(me.ruleset, p.family, &p.saddr) {
-                    if rule.slot as u32 != me.slot {
-                        let native = FlowValue {
-                            kind: FLOW_NATIVE,
-                            last_seen_ns: now,
-                            created_ns: now,
-                            ifindex,
-                            ..FlowValue::default()
-                        };
-                        if VEER_FLOWS_V1
-                            .insert(&out_key, &native, BPF_NOEXIST as u64)
-                            .is_ok()
-                        {
-                            count(stats::PINNED_INBOUND);
-                        }
-                    }
+            if let Some(me) = iface(cookie, ifindex)
+                && let Some(rule) = lookup_rule(me.ruleset, p.family, &p.saddr)
+                && rule.slot as u32 != me.slot
+            {
+                let native = FlowValue {
+                    kind: FLOW_NATIVE,
+                    last_seen_ns: now,
+                    created_ns: now,
+                    ifindex,
+                    ..FlowValue::default()
+                };
+                if VEER_FLOWS_V1
+                    .insert(&out_key, &native, BPF_NOEXIST as u64)
+                    .is_ok()
+                {
+                    count(stats::PINNED_INBOUND);
                 }
             }
         }

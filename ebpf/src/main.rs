@@ -12,6 +12,9 @@
 //! exactly as it came, and every outcome is counted in `VEER_STATS_V1`.
 #![no_std]
 #![no_main]
+// Map keys and values are passed by reference on purpose: by value they would be copied on the
+// 512-byte BPF stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod flow;
 mod maps;
@@ -35,7 +38,7 @@ impl Verdict {
     #[inline(always)]
     pub const fn pass(reason: u32) -> Self {
         Self {
-            action: TC_ACT_OK as i32,
+            action: TC_ACT_OK,
             reason,
         }
     }
@@ -54,9 +57,9 @@ fn finish(r: Result<Verdict, u32>) -> i32 {
         Err(reason) => {
             maps::count(reason);
             if reason == stats::ERR_REWRITE {
-                TC_ACT_SHOT as i32
+                TC_ACT_SHOT
             } else {
-                TC_ACT_OK as i32
+                TC_ACT_OK
             }
         }
     }
