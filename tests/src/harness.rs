@@ -61,6 +61,12 @@ pub struct Harness {
     pub eth1: Iface,
 }
 
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Harness {
     /// Creates the interfaces and loads the programs. Call inside
     /// [`crate::ns::in_fresh_netns`].
@@ -221,10 +227,12 @@ impl Harness {
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let mut out = vec![0u8; frame.len() + 512];
         let p = self.dp.program(prog).expect("program");
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        };
         let r = p.test_run(opts).expect("BPF_PROG_TEST_RUN");
         out.truncate(r.data_size_out as usize);
         Run {
