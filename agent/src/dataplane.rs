@@ -6,11 +6,37 @@
 //! pin (a layout change without a version bump, or a capacity change) is moved aside as
 //! `<NAME>.stale` and a fresh map takes its place; programs still attached keep using the old
 //! map until they are re-attached, after which [`Dataplane::remove_stale`] drops it.
+//!
+//! # Debug events
+//!
+//! Debug events (new steered flow, collision, flow expired, ICMP error reverse-translated,
+//! frame too big) exist only in the debug object, [`EBPF_DEBUG_OBJ`]; the default object,
+//! [`EBPF_OBJ`], has no logging code at all, so debugging costs nothing per packet while off.
+//! Switching them on at run time, without a restart:
+//!
+//! 1. load the debug object with the same pins, [`Dataplane::load_pinned_with`]`(root, true)`:
+//!    it reuses every pinned veer map, so rules, interfaces, flows and counters carry over;
+//! 2. swap its programs into the existing TCX links with `SchedClassifier::attach_to_link`
+//!    (what [`crate::attach::attach_pod`] does when it adopts a pinned link): the kernel replaces
+//!    the program atomically, no packet sees an interface without one;
+//! 3. set [`CFG_F_DEBUG`](veer_common::CFG_F_DEBUG) in `VEER_CONFIG_V1.flags`. The debug
+//!    programs check the flag at each event site, so they stay quiet until it is set.
+//!
+//! Switching off clears the flag (the debug programs then only pay a config look-up per event
+//! site); the default programs may then be swapped back the same way. Events are read from the
+//! debug object's own `AYA_LOGS` ring buffer, which is never pinned (it belongs to one loaded
+//! object), by the [`DebugLog`] the loader keeps: [`DebugLog::spawn_drain`] forwards them to
+//! `tracing` (target `veer_ebpf`, at their own level, DEBUG, so the filter must let
+//! `veer_ebpf=debug` through).
 
 use std::{
     fs,
-    os::unix::fs::PermissionsExt,
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::fs::PermissionsExt,
+    },
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use aya::{
@@ -18,12 +44,13 @@ use aya::{
     maps::{MapError, MapInfo, MapType},
     programs::{ProgramError, SchedClassifier},
 };
+use aya_log::EbpfLogger;
 use veer_common::{
     Config, FlowKey, FlowValue, IfaceInfo, IfaceKey, Rule4Key, Rule6Key, RuleStats, RuleValue,
     maps as names, paths, stats,
 };
 
-use crate::EBPF_OBJ;
+use crate::{EBPF_DEBUG_OBJ, EBPF_OBJ};
 
 /// Errors of loading and pinning.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +73,8 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
+    #[error("reading the debug events of the debug object")]
+    DebugLog(#[from] aya_log::Error),
     #[error("bpffs directory {path}")]
     Dir {
         path: PathBuf,
@@ -144,23 +173,161 @@ pub fn layout_mismatch(info: &MapInfo, want: &Layout) -> Option<String> {
     (!diffs.is_empty()).then(|| diffs.join(", "))
 }
 
+/// One debug event of the debug object, as aya-log decodes it.
+#[derive(Debug, Clone)]
+pub struct DebugEvent {
+    pub level: tracing::Level,
+    /// The eBPF module that emitted it (`veer_ebpf::flow`).
+    pub target: String,
+    /// `file:line` in the eBPF sources.
+    pub location: String,
+    pub message: String,
+}
+
+type SinkFn = Box<dyn Fn(&DebugEvent) + Send + Sync>;
+
+/// Where decoded events go: `tracing`, unless a sink was set with [`DebugLog::set_sink`].
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Option<SinkFn>>>);
+
+impl log::Log for Sink {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        let ev = DebugEvent {
+            level: match r.level() {
+                log::Level::Error => tracing::Level::ERROR,
+                log::Level::Warn => tracing::Level::WARN,
+                log::Level::Info => tracing::Level::INFO,
+                log::Level::Debug => tracing::Level::DEBUG,
+                log::Level::Trace => tracing::Level::TRACE,
+            },
+            target: r.target().to_string(),
+            location: format!("{}:{}", r.file().unwrap_or("?"), r.line().unwrap_or(0)),
+            message: r.args().to_string(),
+        };
+        let sink = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match sink.as_ref() {
+            Some(f) => f(&ev),
+            None => to_tracing(&ev),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn to_tracing(ev: &DebugEvent) {
+    // `tracing` needs the level at compile time.
+    macro_rules! emit {
+        ($level:expr) => {
+            tracing::event!(
+                target: "veer_ebpf",
+                $level,
+                module = %ev.target,
+                at = %ev.location,
+                "{}",
+                ev.message
+            )
+        };
+    }
+    match ev.level {
+        tracing::Level::ERROR => emit!(tracing::Level::ERROR),
+        tracing::Level::WARN => emit!(tracing::Level::WARN),
+        tracing::Level::INFO => emit!(tracing::Level::INFO),
+        tracing::Level::DEBUG => emit!(tracing::Level::DEBUG),
+        tracing::Level::TRACE => emit!(tracing::Level::TRACE),
+    }
+}
+
+/// Reader of the debug object's `AYA_LOGS` ring buffer (see the module documentation).
+/// Records are decoded by aya-log and passed to `tracing`, or to the sink set with
+/// [`DebugLog::set_sink`]. Nothing is read until [`DebugLog::flush`] or
+/// [`DebugLog::spawn_drain`]; meanwhile the kernel drops what does not fit in the ring.
+pub struct DebugLog {
+    logger: EbpfLogger<Sink>,
+    sink: Sink,
+}
+
+impl DebugLog {
+    fn init(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        let sink = Sink::default();
+        let logger = EbpfLogger::init_with_logger(ebpf, sink.clone())?;
+        Ok(Self { logger, sink })
+    }
+
+    /// Sends the events to `f` instead of `tracing` (for example a CLI that prints them).
+    pub fn set_sink(&self, f: impl Fn(&DebugEvent) + Send + Sync + 'static) {
+        *self.sink.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
+    }
+
+    /// Reads and passes on every event waiting in the ring buffer.
+    pub fn flush(&mut self) {
+        self.logger.flush();
+    }
+
+    /// Drains the ring buffer on the current tokio runtime, as events arrive, until the task is
+    /// aborted. Fails outside a tokio runtime.
+    pub fn spawn_drain(self) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        use tokio::io::{Interest, unix::AsyncFd};
+        let rt = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
+        let _guard = rt.enter();
+        // SAFETY: the descriptor is the ring buffer's, owned by `self.logger`; it stays open and
+        // the same for as long as the `AsyncFd` owns `self`.
+        let mut fd = unsafe { AsyncFd::register_with_interest(self, Interest::READABLE) }?;
+        Ok(rt.spawn(async move {
+            loop {
+                let mut ready = match fd.readable_mut().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "debug events: polling the ring buffer failed");
+                        return;
+                    }
+                };
+                ready.get_inner_mut().flush();
+                ready.clear_ready();
+            }
+        }))
+    }
+}
+
+impl AsRawFd for DebugLog {
+    fn as_raw_fd(&self) -> RawFd {
+        self.logger.as_raw_fd()
+    }
+}
+
 /// The loaded object: programs and maps.
 pub struct Dataplane {
     ebpf: Ebpf,
     root: Option<PathBuf>,
+    debug_log: Option<DebugLog>,
 }
 
 impl Dataplane {
-    /// Loads the object with fresh, unpinned maps (tests, benchmarks).
+    /// Loads the default object with fresh, unpinned maps (tests, benchmarks).
     pub fn load_unpinned() -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new().load(EBPF_OBJ)?;
-        Self::load_programs(&mut ebpf)?;
-        Ok(Self { ebpf, root: None })
+        Self::load_unpinned_with(false)
     }
 
-    /// Loads the object, reusing the maps pinned under `root/maps` when their layout matches
-    /// and pinning new ones otherwise. Creates `root` with mode 0700.
+    /// Like [`Dataplane::load_unpinned`]; `debug` loads the debug object ([`EBPF_DEBUG_OBJ`])
+    /// and keeps a [`DebugLog`] for its events.
+    pub fn load_unpinned_with(debug: bool) -> Result<Self, DataplaneError> {
+        let ebpf = EbpfLoader::new().load(object(debug))?;
+        Self::finish_load(ebpf, None, debug)
+    }
+
+    /// Loads the default object, reusing the maps pinned under `root/maps` when their layout
+    /// matches and pinning new ones otherwise. Creates `root` with mode 0700.
     pub fn load_pinned(root: &Path) -> Result<Self, DataplaneError> {
+        Self::load_pinned_with(root, false)
+    }
+
+    /// Like [`Dataplane::load_pinned`]; `debug` loads the debug object ([`EBPF_DEBUG_OBJ`]),
+    /// which shares the pinned maps, and keeps a [`DebugLog`] for its events (its ring buffer
+    /// is not pinned).
+    pub fn load_pinned_with(root: &Path, debug: bool) -> Result<Self, DataplaneError> {
         let maps_dir = root.join(paths::MAPS_DIR);
         fs::create_dir_all(&maps_dir).map_err(|source| DataplaneError::Dir {
             path: maps_dir.clone(),
@@ -194,11 +361,25 @@ impl Dataplane {
             }
             loader.map_pin_path(want.name, pin);
         }
-        let mut ebpf = loader.load(EBPF_OBJ)?;
+        let ebpf = loader.load(object(debug))?;
+        Self::finish_load(ebpf, Some(root.to_path_buf()), debug)
+    }
+
+    fn finish_load(
+        mut ebpf: Ebpf,
+        root: Option<PathBuf>,
+        debug: bool,
+    ) -> Result<Self, DataplaneError> {
         Self::load_programs(&mut ebpf)?;
+        let debug_log = if debug {
+            Some(DebugLog::init(&mut ebpf)?)
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
-            root: Some(root.to_path_buf()),
+            root,
+            debug_log,
         })
     }
 
@@ -227,6 +408,16 @@ impl Dataplane {
         }
     }
 
+    /// The reader of debug events, when the debug object is loaded.
+    pub fn debug_log(&mut self) -> Option<&mut DebugLog> {
+        self.debug_log.as_mut()
+    }
+
+    /// Takes the reader of debug events out (to move it into [`DebugLog::spawn_drain`]).
+    pub fn take_debug_log(&mut self) -> Option<DebugLog> {
+        self.debug_log.take()
+    }
+
     /// The pin root, when pinned.
     pub fn root(&self) -> Option<&Path> {
         self.root.as_deref()
@@ -252,4 +443,9 @@ impl Dataplane {
             .take_map(name)
             .ok_or(DataplaneError::MissingMap { name })
     }
+}
+
+/// The embedded object to load.
+fn object(debug: bool) -> &'static [u8] {
+    if debug { EBPF_DEBUG_OBJ } else { EBPF_OBJ }
 }

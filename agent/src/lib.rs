@@ -9,10 +9,20 @@
 //! - [`netns`]: running code inside a network namespace on a dedicated thread.
 
 pub mod attach;
+pub mod config;
 pub mod dataplane;
 pub mod lpm;
 pub mod maps;
 pub mod netns;
+pub mod podnet;
+pub mod reconcile;
+pub mod standalone;
 
 /// The eBPF object built by `cargo xtask build-ebpf --release`, embedded at build time.
 pub static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("VEER_EBPF_OBJ"));
+
+/// The debug-log variant of [`EBPF_OBJ`] (`--features debug-log`): the same programs and maps
+/// plus aya-log events, emitted only while `CFG_F_DEBUG` is set. It carries aya-log's
+/// `AYA_LOGS` ring buffer in the legacy `maps` section, which libbpf rejects, so it is kept
+/// apart from the default object; see [`dataplane`] for how the agent switches to it.
+pub static EBPF_DEBUG_OBJ: &[u8] = aya::include_bytes_aligned!(env!("VEER_EBPF_DEBUG_OBJ"));

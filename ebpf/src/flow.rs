@@ -27,6 +27,13 @@ use crate::{
 
 const NS_PER_S: u64 = 1_000_000_000;
 
+/// Netns cookie of every `DIR_IN` flow key. The TC flavour of `bpf_get_netns_cookie(skb)`
+/// returns the namespace of `skb->sk`, and init_net's for a packet without a socket — which is
+/// every packet a pod receives — so ingress cannot learn the pod from it. Replies are told apart
+/// by their translated tuple instead: its local address is the pod's own address on the target
+/// interface, unique on the node.
+const REPLY_COOKIE: u64 = 0;
+
 #[inline(always)]
 fn skb(ctx: &TcContext) -> *mut __sk_buff {
     ctx.skb.skb
@@ -99,7 +106,7 @@ fn flow_key(cookie: u64, p: &Pkt, dir: u8) -> FlowKey {
 #[inline(always)]
 fn reverse(k: &FlowKey, saddr: [u8; 16], dir: u8) -> FlowKey {
     FlowKey {
-        netns_cookie: k.netns_cookie,
+        netns_cookie: if dir == DIR_IN { REPLY_COOKIE } else { k.netns_cookie },
         saddr: k.daddr,
         daddr: saddr,
         sport: k.dport,
@@ -156,6 +163,22 @@ fn frame_len(ctx: &TcContext) -> u32 {
     ctx.len()
 }
 
+/// The "drop too big" event, out of line: `steer` is inlined twice into the egress program,
+/// whose frame leaves little of the 512-byte stack, and an event inlined there costs more of it
+/// than this call.
+#[cfg(feature = "debug-log")]
+#[inline(never)]
+fn log_too_big(ctx: &TcContext, len: u32, f: &FlowValue) {
+    debug_event!(
+        ctx,
+        "drop too big: frame {} bytes, rule {} target ifindex {} mtu {}",
+        len,
+        f.rule_id,
+        f.ifindex,
+        f.mtu
+    );
+}
+
 /// Translates the source of an outgoing packet of a steered flow and redirects it.
 #[inline(always)]
 fn steer(ctx: &TcContext, p: &Pkt, f: &FlowValue, reason: u32) -> Result<Verdict, u32> {
@@ -163,6 +186,8 @@ fn steer(ctx: &TcContext, p: &Pkt, f: &FlowValue, reason: u32) -> Result<Verdict
     // SAFETY: reading a field of the program's own context.
     let gso_segs = unsafe { (*skb(ctx)).gso_segs };
     if p.proto != IPPROTO_TCP && gso_segs <= 1 && len > f.mtu as u32 + ETH_LEN as u32 {
+        #[cfg(feature = "debug-log")]
+        log_too_big(ctx, len, f);
         return Ok(Verdict {
             action: TC_ACT_SHOT,
             reason: stats::DROP_TOO_BIG,
@@ -202,6 +227,14 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
             }
             return Ok(Verdict::pass(stats::PASS_PINNED_NATIVE));
         }
+        debug_event!(
+            ctx,
+            "flow expired (egress): kind {} state {} rule {} proto {}",
+            f.kind,
+            f.state,
+            f.rule_id,
+            p.proto
+        );
         if f.kind == FLOW_STEER {
             let _ = VEER_FLOWS_V1.remove(&reverse(&key, f.addr, DIR_IN));
         }
@@ -308,6 +341,12 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
             None => false,
         };
         if !mine {
+            debug_event!(
+                ctx,
+                "collision: rule {} target ifindex {}: translated tuple in use, not steered",
+                rule.rule_id,
+                tif
+            );
             return Ok(Verdict::pass(stats::COLLISION));
         }
         // A retransmitted SYN of our own flow whose outgoing entry was lost: take it over.
@@ -325,6 +364,15 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
         let _ = VEER_FLOWS_V1.remove(&rev_key);
         return Err(stats::ERR_FLOW_INSERT);
     }
+    debug_event!(
+        ctx,
+        "new steered flow: rule {} ifindex {} -> {} proto {} dport {}",
+        rule.rule_id,
+        ifindex,
+        tif,
+        p.proto,
+        u16::from_be(p.dport)
+    );
     steer(ctx, &p, &v, stats::STEER_NEW)
 }
 
@@ -339,7 +387,7 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
         return icmp_error(ctx, &p, cookie);
     }
     let now = now_ns();
-    let key = flow_key(cookie, &p, DIR_IN);
+    let key = flow_key(REPLY_COOKIE, &p, DIR_IN);
     if let Some(fp) = VEER_FLOWS_V1.get_ptr_mut(&key) {
         // SAFETY: as in `try_egress`.
         let f = unsafe { &mut *fp };
@@ -356,6 +404,13 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
                 reason: stats::REVNAT,
             });
         }
+        debug_event!(
+            ctx,
+            "flow expired (ingress): kind {} state {} proto {}",
+            f.kind,
+            f.state,
+            p.proto
+        );
         let _ = VEER_FLOWS_V1.remove(&key);
         count(stats::FLOW_EXPIRED);
     }
@@ -364,7 +419,8 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
     // rule covers the peer, so pin the reply direction as native. (TCP needs no entry: replies
     // of inbound connections are never SYNs, which alone start steering.)
     if p.proto == IPPROTO_UDP {
-        let out_key = reverse(&key, p.saddr, DIR_OUT);
+        let mut out_key = reverse(&key, p.saddr, DIR_OUT);
+        out_key.netns_cookie = cookie;
         // SAFETY: read-only presence check.
         if unsafe { VEER_FLOWS_V1.get(&out_key) }.is_none() {
             // SAFETY: reading a field of the program's own context.
@@ -402,8 +458,9 @@ fn icmp_error(ctx: &TcContext, p: &Pkt, cookie: u64) -> Result<Verdict, u32> {
     if i.saddr != p.daddr {
         return Ok(Verdict::pass(stats::PASS_INGRESS));
     }
+    let _ = cookie;
     let key = FlowKey {
-        netns_cookie: cookie,
+        netns_cookie: REPLY_COOKIE,
         saddr: i.daddr,
         daddr: i.saddr,
         sport: i.dport,
@@ -423,6 +480,12 @@ fn icmp_error(ctx: &TcContext, p: &Pkt, cookie: u64) -> Result<Verdict, u32> {
     set_addr(ctx, p, p.daddr_off(), &p.daddr, &f.addr)?;
     set_inner_saddr(ctx, p, i.saddr_off, i.csum_off, &i.saddr, &f.addr)?;
     let action = redirect_ingress(ctx, f.ifindex, &f.mac)?;
+    debug_event!(
+        ctx,
+        "icmp error reverse-translated: quoted proto {} -> ifindex {}",
+        i.proto,
+        f.ifindex
+    );
     Ok(Verdict {
         action,
         reason: stats::REVNAT_ICMP_ERR,

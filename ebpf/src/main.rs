@@ -16,6 +16,10 @@
 // 512-byte BPF stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+// First, so that `debug_event!` is in scope in the modules below.
+#[macro_use]
+mod log;
+
 mod flow;
 mod maps;
 mod packet;

@@ -76,6 +76,20 @@ impl Harness {
 
     /// Like [`Harness::new`] with other interface names (names are never assumed).
     pub fn with_names(n0: &'static str, n1: &'static str) -> Self {
+        Self::build(
+            n0,
+            n1,
+            Dataplane::load_unpinned().expect("load eBPF object"),
+        )
+    }
+
+    /// Like [`Harness::new`] with an already loaded dataplane (for example the debug object,
+    /// `Dataplane::load_unpinned_with(true)`), whose maps the harness takes.
+    pub fn with_dataplane(dp: Dataplane) -> Self {
+        Self::build("eth0", "eth1", dp)
+    }
+
+    fn build(n0: &'static str, n1: &'static str, mut dp: Dataplane) -> Self {
         // veth pairs (the kernel here has no dummy driver); the peers stay unused.
         for (n, peer) in [(n0, "peer0"), (n1, "peer1")] {
             ip(&["link", "add", n, "type", "veth", "peer", "name", peer]);
@@ -104,7 +118,6 @@ impl Harness {
             gw6: Some("fd00:124::1".parse().unwrap()),
             mtu: 1400,
         };
-        let mut dp = Dataplane::load_unpinned().expect("load eBPF object");
         let maps = Maps::from_dataplane(&mut dp).expect("maps");
         let cookie = current_netns_cookie().expect("netns cookie");
         let mut h = Harness {

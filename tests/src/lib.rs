@@ -9,3 +9,4 @@ pub mod harness;
 pub mod ns;
 pub mod packet;
 pub mod privileged;
+pub mod topology;

@@ -29,7 +29,8 @@ enum Cmd {
     /// Install what is missing (nightly rust-src, LLVM 22, bpf-linker, iproute2, test tools),
     /// mount bpffs and check kernel features. Idempotent; says what it did.
     Setup,
-    /// Build the eBPF object (target/ebpf/bpfel-unknown-none/<profile>/veer-ebpf).
+    /// Build the eBPF object (target/ebpf/bpfel-unknown-none/<profile>/veer-ebpf) and its
+    /// debug-log variant (target/ebpf-debug/…).
     BuildEbpf {
         /// Build the release profile (what the agent embeds).
         #[arg(long)]
@@ -69,6 +70,16 @@ fn root() -> PathBuf {
 pub fn ebpf_object(release: bool) -> PathBuf {
     root()
         .join("target/ebpf/bpfel-unknown-none")
+        .join(if release { "release" } else { "debug" })
+        .join("veer-ebpf")
+}
+
+/// Path of the debug-log variant of the eBPF object for a profile (built with
+/// `--features debug-log`; the agent embeds it next to the default one and loads it only when
+/// debug events are switched on).
+pub fn ebpf_debug_object(release: bool) -> PathBuf {
+    root()
+        .join("target/ebpf-debug/bpfel-unknown-none")
         .join(if release { "release" } else { "debug" })
         .join("veer-ebpf")
 }
@@ -118,28 +129,42 @@ fn nightly_cargo() -> Command {
     c
 }
 
+/// The eBPF builds: the default object (no logging code) and the debug-log variant, each as
+/// (target directory under the root, extra cargo arguments).
+const EBPF_VARIANTS: [(&str, &[&str]); 2] = [
+    ("target/ebpf", &[]),
+    ("target/ebpf-debug", &["--features", "debug-log"]),
+];
+
 fn build_ebpf(release: bool) -> Result<()> {
-    let mut c = nightly_cargo();
-    c.current_dir(root().join("ebpf"))
-        .args([
-            "build",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
-        .arg("--target-dir")
-        .arg(root().join("target/ebpf"))
-        // BTF for maps and programs: `bpftool map dump` prints field names, libbpf loads it.
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        );
-    if release {
-        c.arg("--release");
+    for (dir, extra) in EBPF_VARIANTS {
+        let mut c = nightly_cargo();
+        c.current_dir(root().join("ebpf"))
+            .args([
+                "build",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
+            .args(extra)
+            .arg("--target-dir")
+            .arg(root().join(dir))
+            // BTF for maps and programs: `bpftool map dump` prints field names, libbpf loads it.
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            );
+        if release {
+            c.arg("--release");
+        }
+        run(&mut c)?;
     }
-    run(&mut c)?;
     eprintln!("eBPF object: {}", ebpf_object(release).display());
+    eprintln!(
+        "eBPF object (debug-log): {}",
+        ebpf_debug_object(release).display()
+    );
     Ok(())
 }
 
@@ -180,23 +205,26 @@ fn test(no_setup: bool) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(nightly_cargo()
-        .current_dir(r.join("ebpf"))
-        .args([
-            "clippy",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--release",
-        ])
-        .arg("--target-dir")
-        .arg(r.join("target/ebpf"))
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
-        )
-        .args(["--", "-D", "warnings"]))?;
+    for (dir, extra) in EBPF_VARIANTS {
+        run(nightly_cargo()
+            .current_dir(r.join("ebpf"))
+            .args([
+                "clippy",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+            ])
+            .args(extra)
+            .arg("--target-dir")
+            .arg(r.join(dir))
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            )
+            .args(["--", "-D", "warnings"]))?;
+    }
 
     eprintln!("== layer: host unit tests");
     run(cargo().args([
@@ -231,6 +259,8 @@ fn test(no_setup: bool) -> Result<()> {
             "test_run",
             "--test",
             "lpm_property",
+            "--test",
+            "debug_log",
         ])
         .args(["--", "--test-threads=2"]))?;
 

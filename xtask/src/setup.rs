@@ -16,6 +16,7 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
     "iputils-ping",
+    "nftables",
 ];
 
 fn say(what: &str, done: &str) {

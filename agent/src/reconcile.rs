@@ -1,0 +1,484 @@
+//! The reconcile core shared by every mode: desired state (compiled rules, the node's pods) in,
+//! map writes and program attachments out. Level-triggered: each call compares the desired
+//! state with what is applied and writes only the difference.
+//!
+//! Order of writes (make before break, so no packet sees an uncovered address mid-update):
+//! counters of re-used rule ids are zeroed, then new and changed rule entries are written, then
+//! stale ones deleted. Each trie entry changes atomically; a packet sees, for each prefix,
+//! either its old or its new entry.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{MapError, PerCpuValues};
+use ipnet::IpNet;
+use serde::Serialize;
+use veer_common::{FlowKey, IfaceKey, MAX_SLOTS, RuleStats, RuleValue, paths};
+
+use crate::{
+    attach::{AttachError, PodLinks, attach_pod, detach_pod},
+    config::{Compiled, PodSandbox, compile::SlotTable, diff},
+    dataplane::Dataplane,
+    maps::{Maps, MapsError, rule4_key, rule6_key},
+    podnet::{self, IfaceFacts, PodnetError},
+};
+
+/// Errors of applying desired state to the maps.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+    #[error("counting CPUs to reset the counters of rule {id}")]
+    Cpus {
+        id: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {what} for {key}")]
+    Write {
+        what: &'static str,
+        key: String,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// Why a pod is not (fully) managed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Skip {
+    /// Interface name, or empty when the whole pod is skipped.
+    pub iface: String,
+    pub reason: String,
+}
+
+/// What the agent knows and did about one pod.
+#[derive(Debug, Serialize)]
+pub struct PodState {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub netns: PathBuf,
+    pub cookie: u64,
+    pub ruleset: u32,
+    /// Managed interfaces: name, ifindex, slot.
+    pub ifaces: Vec<(String, u32, u16)>,
+    pub skipped: Vec<Skip>,
+    #[serde(skip)]
+    facts: Vec<IfaceFacts>,
+    #[serde(skip)]
+    links: Vec<PodLinks>,
+}
+
+/// A pod that could not be set up this round (retried on the next).
+#[derive(Debug, Clone, Serialize)]
+pub struct PodFailure {
+    pub namespace: String,
+    pub name: String,
+    pub netns: PathBuf,
+    pub error: String,
+}
+
+/// The dataplane side of the agent.
+pub struct Reconciler {
+    dp: Dataplane,
+    maps: Maps,
+    /// The last compilation applied to the maps.
+    applied: Compiled,
+    /// True until the first rule apply, which diffs against the live maps (restart adoption).
+    first: bool,
+    pods: BTreeMap<PathBuf, PodState>,
+    pub failures: Vec<PodFailure>,
+}
+
+fn errstring(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+impl Reconciler {
+    pub fn new(mut dp: Dataplane) -> Result<Self, ReconcileError> {
+        let maps = Maps::from_dataplane(&mut dp)?;
+        Ok(Self {
+            dp,
+            maps,
+            applied: Compiled::default(),
+            first: true,
+            pods: BTreeMap::new(),
+            failures: Vec::new(),
+        })
+    }
+
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    pub fn applied(&self) -> &Compiled {
+        &self.applied
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &PodState> {
+        self.pods.values()
+    }
+
+    /// Rule entries currently in the tries.
+    fn live_rules(&self) -> Result<BTreeMap<(u32, IpNet), RuleValue>, ReconcileError> {
+        let mut out = BTreeMap::new();
+        for r in self.maps.rules4.iter() {
+            let (k, v) = r.map_err(|source| ReconcileError::Write {
+                what: "reading",
+                key: "rules4".into(),
+                source,
+            })?;
+            let len = k.prefix_len().saturating_sub(veer_common::RULESET_BITS) as u8;
+            let d = k.data();
+            if let Ok(n) = ipnet::Ipv4Net::new(d.addr.into(), len) {
+                out.insert((u32::from_be(d.ruleset_be), IpNet::V4(n)), v);
+            }
+        }
+        for r in self.maps.rules6.iter() {
+            let (k, v) = r.map_err(|source| ReconcileError::Write {
+                what: "reading",
+                key: "rules6".into(),
+                source,
+            })?;
+            let len = k.prefix_len().saturating_sub(veer_common::RULESET_BITS) as u8;
+            let d = k.data();
+            if let Ok(n) = ipnet::Ipv6Net::new(d.addr.into(), len) {
+                out.insert((u32::from_be(d.ruleset_be), IpNet::V6(n)), v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn upsert_rule(
+        &mut self,
+        ruleset: u32,
+        dst: IpNet,
+        v: RuleValue,
+    ) -> Result<(), ReconcileError> {
+        match dst {
+            IpNet::V4(n) => self.maps.rules4.insert(&rule4_key(ruleset, n), v, 0),
+            IpNet::V6(n) => self.maps.rules6.insert(&rule6_key(ruleset, n), v, 0),
+        }
+        .map_err(|source| ReconcileError::Write {
+            what: "rule",
+            key: format!("{ruleset}/{dst}"),
+            source,
+        })
+    }
+
+    fn delete_rule(&mut self, ruleset: u32, dst: IpNet) -> Result<(), ReconcileError> {
+        let r = match dst {
+            IpNet::V4(n) => self.maps.rules4.remove(&rule4_key(ruleset, n)),
+            IpNet::V6(n) => self.maps.rules6.remove(&rule6_key(ruleset, n)),
+        };
+        match r {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ReconcileError::Write {
+                what: "rule delete",
+                key: format!("{ruleset}/{dst}"),
+                source,
+            }),
+        }
+    }
+
+    fn reset_counter(&mut self, id: u32) -> Result<(), ReconcileError> {
+        let cpus =
+            aya::util::nr_cpus().map_err(|(_, source)| ReconcileError::Cpus { id, source })?;
+        let zero = PerCpuValues::try_from(vec![RuleStats::default(); cpus]).expect("non-empty");
+        self.maps
+            .rule_stats
+            .set(id, zero, 0)
+            .map_err(|source| ReconcileError::Write {
+                what: "counters",
+                key: format!("rule {id}"),
+                source,
+            })
+    }
+
+    /// Makes the tries hold exactly `new`'s entries. The first call after start compares with the
+    /// live maps (adopting what a previous agent left, without removing anything briefly);
+    /// later calls write only the difference from the previous compilation.
+    pub fn apply_rules(&mut self, new: Compiled) -> Result<(), ReconcileError> {
+        let slots_changed;
+        if self.first {
+            let live = self.live_rules()?;
+            for (&(rs, dst), e) in &new.entries {
+                if live.get(&(rs, dst)) != Some(&e.value) {
+                    self.upsert_rule(rs, dst, e.value)?;
+                }
+            }
+            for &(rs, dst) in live.keys() {
+                if !new.entries.contains_key(&(rs, dst)) {
+                    self.delete_rule(rs, dst)?;
+                }
+            }
+            slots_changed = true;
+            self.first = false;
+        } else {
+            let d = diff(&self.applied, &new);
+            for id in &d.reset_counters {
+                self.reset_counter(*id)?;
+            }
+            for (rs, dst, v) in d.upsert {
+                self.upsert_rule(rs, dst, v)?;
+            }
+            for (rs, dst) in d.delete {
+                self.delete_rule(rs, dst)?;
+            }
+            slots_changed = d.slots_changed;
+        }
+        self.applied = new;
+        if slots_changed {
+            // Interface names gained or lost a slot: every pod's slot table changes (rare).
+            let keys: Vec<PathBuf> = self.pods.keys().cloned().collect();
+            for k in keys {
+                if let Some(mut p) = self.pods.remove(&k) {
+                    let netns = p.netns.clone();
+                    match self.setup_pod(&mut p, false) {
+                        Ok(()) => {
+                            self.pods.insert(k, p);
+                        }
+                        Err(e) => self.fail(&p.namespace, &p.name, &netns, &e),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, namespace: &str, name: &str, netns: &Path, e: &dyn std::error::Error) {
+        let error = errstring(e);
+        tracing::warn!(pod = %format!("{namespace}/{name}"), netns = %netns.display(), %error, "pod not set up; retrying on next sync");
+        self.failures.push(PodFailure {
+            namespace: namespace.into(),
+            name: name.into(),
+            netns: netns.into(),
+            error,
+        });
+    }
+
+    /// Makes the managed pods exactly `sandboxes` (those whose namespace exists): new pods are
+    /// discovered and attached, gone pods have every trace removed.
+    pub fn sync_pods(&mut self, sandboxes: &[PodSandbox]) {
+        self.failures.clear();
+        let want: BTreeMap<&Path, &PodSandbox> = sandboxes
+            .iter()
+            .filter(|s| s.netns.exists())
+            .map(|s| (s.netns.as_path(), s))
+            .collect();
+        let gone: Vec<PathBuf> = self
+            .pods
+            .keys()
+            .filter(|k| !want.contains_key(k.as_path()))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(p) = self.pods.remove(&k) {
+                self.remove_pod(p);
+            }
+        }
+        for (netns, s) in want {
+            if self.pods.contains_key(netns) {
+                continue;
+            }
+            let mut p = PodState {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                uid: s.uid.clone(),
+                netns: netns.to_path_buf(),
+                cookie: 0,
+                ruleset: crate::config::compile::ALL_PODS_RULESET,
+                ifaces: Vec::new(),
+                skipped: Vec::new(),
+                facts: Vec::new(),
+                links: Vec::new(),
+            };
+            match self.setup_pod(&mut p, true) {
+                Ok(()) => {
+                    tracing::info!(pod = %format!("{}/{}", p.namespace, p.name), ifaces = ?p.ifaces, skipped = ?p.skipped, "pod managed");
+                    self.pods.insert(netns.to_path_buf(), p);
+                }
+                Err(e) => self.fail(&s.namespace, &s.name, netns, &e),
+            }
+        }
+    }
+
+    /// Discovers the pod's interfaces, attaches to those a rule names, and writes their entries.
+    fn setup_pod(&mut self, p: &mut PodState, discover: bool) -> Result<(), PodError> {
+        if discover || p.facts.is_empty() {
+            p.facts = podnet::discover(&p.netns)?;
+        }
+        let slots: &SlotTable = &self.applied.slots;
+        let mut managed: Vec<(&IfaceFacts, u16)> = Vec::new();
+        p.skipped.clear();
+        for (name, slot) in slots.iter() {
+            match podnet::find(&p.facts, name) {
+                Some(f) if !f.is_ether => p.skipped.push(Skip {
+                    iface: name.into(),
+                    reason: "not an Ethernet interface".into(),
+                }),
+                Some(f) => managed.push((f, slot)),
+                None => p.skipped.push(Skip {
+                    iface: name.into(),
+                    reason: format!(
+                        "the pod has no interface {name}: rules with dev {name} are skipped for it"
+                    ),
+                }),
+            }
+        }
+        // Attach only to interfaces not attached yet (the same ifindex keeps its links).
+        let attached: BTreeSet<u32> = p
+            .links
+            .iter()
+            .flat_map(|l| l.ifaces.iter().map(|(_, i)| *i))
+            .collect();
+        let names: Vec<String> = managed
+            .iter()
+            .filter(|(f, _)| !attached.contains(&f.ifindex))
+            .map(|(f, _)| f.name.clone())
+            .collect();
+        if !names.is_empty() {
+            let links = attach_pod(&mut self.dp, &p.netns, &names)?;
+            p.links.push(links);
+        }
+        let cookie = match p.links.first() {
+            Some(l) => l.cookie,
+            None => crate::netns::netns_cookie(&p.netns)
+                .map_err(AttachError::from)?
+                .map_err(AttachError::Cookie)?,
+        };
+        let mut table = [0u32; MAX_SLOTS];
+        for (f, slot) in &managed {
+            table[usize::from(*slot)] = f.ifindex;
+        }
+        // Entries of interfaces no longer managed go first.
+        let now: BTreeSet<u32> = managed.iter().map(|(f, _)| f.ifindex).collect();
+        for (_, ifindex, _) in &p.ifaces {
+            if !now.contains(ifindex) {
+                let _ = self.maps.ifaces.remove(&IfaceKey {
+                    netns_cookie: cookie,
+                    ifindex: *ifindex,
+                    _pad: 0,
+                });
+            }
+        }
+        for (f, slot) in &managed {
+            let info = podnet::iface_info(f, p.ruleset, u32::from(*slot), table);
+            self.maps
+                .ifaces
+                .insert(
+                    IfaceKey {
+                        netns_cookie: cookie,
+                        ifindex: f.ifindex,
+                        _pad: 0,
+                    },
+                    info,
+                    0,
+                )
+                .map_err(|source| PodError::Write {
+                    iface: f.name.clone(),
+                    source,
+                })?;
+        }
+        p.cookie = cookie;
+        p.ifaces = managed
+            .iter()
+            .map(|(f, s)| (f.name.clone(), f.ifindex, *s))
+            .collect();
+        if p.ifaces.is_empty() {
+            p.skipped.push(Skip {
+                iface: String::new(),
+                reason: "no interface named by any rule".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes every trace of a pod: interface entries, flows, pinned links.
+    fn remove_pod(&mut self, p: PodState) {
+        for (_, ifindex, _) in &p.ifaces {
+            let _ = self.maps.ifaces.remove(&IfaceKey {
+                netns_cookie: p.cookie,
+                ifindex: *ifindex,
+                _pad: 0,
+            });
+        }
+        self.remove_flows(p.cookie);
+        if let Some(root) = self.dp.root() {
+            if let Err(e) = detach_pod(root, p.cookie) {
+                tracing::warn!(error = %errstring(&e), "removing link pins");
+            }
+        }
+        tracing::info!(pod = %format!("{}/{}", p.namespace, p.name), "pod gone: state removed");
+    }
+
+    fn remove_flows(&mut self, cookie: u64) {
+        let keys: Vec<FlowKey> = self
+            .maps
+            .flows
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.netns_cookie == cookie)
+            .collect();
+        for k in keys {
+            let _ = self.maps.flows.remove(&k);
+        }
+    }
+
+    /// Removes state of pods that no longer exist but were left by a previous agent: interface
+    /// entries, flows and link pins whose namespace cookie belongs to no managed pod.
+    pub fn remove_orphans(&mut self) {
+        let known: BTreeSet<u64> = self.pods.values().map(|p| p.cookie).collect();
+        let stale_ifaces: Vec<IfaceKey> = self
+            .maps
+            .ifaces
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !known.contains(&k.netns_cookie))
+            .collect();
+        let mut cookies = BTreeSet::new();
+        for k in stale_ifaces {
+            cookies.insert(k.netns_cookie);
+            let _ = self.maps.ifaces.remove(&k);
+        }
+        if let Some(root) = self.dp.root().map(Path::to_path_buf)
+            && let Ok(rd) = std::fs::read_dir(root.join(paths::LINKS_DIR))
+        {
+            for e in rd.flatten() {
+                if let Some(c) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok())
+                    && !known.contains(&c)
+                {
+                    cookies.insert(c);
+                    let _ = detach_pod(&root, c);
+                }
+            }
+        }
+        for c in cookies {
+            self.remove_flows(c);
+        }
+    }
+}
+
+/// Errors of setting up one pod.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error(transparent)]
+    Discover(#[from] PodnetError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    #[error("writing the interface entry of {iface}")]
+    Write {
+        iface: String,
+        #[source]
+        source: MapError,
+    },
+}

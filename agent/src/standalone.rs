@@ -1,0 +1,240 @@
+//! Standalone mode: `veer run --routes <file|dir> [--services <file|dir>]` on a node without
+//! Kubernetes. Sources are files; the reconcile core is the one every mode uses.
+//!
+//! The loop is level-triggered: any change of a watched path (Route files, Service files, the
+//! CNI result cache, the netns directory) wakes it, and it also runs every `resync` interval.
+//! Each round reloads the sources, recompiles, writes the rule difference, and makes the managed
+//! pods match the CNI cache. A bad Route file keeps its last good version in force; the other
+//! files still apply.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use notify::{RecursiveMode, Watcher};
+use serde::Serialize;
+
+use crate::{
+    config::{
+        Compiled, RouteSet, ServiceIndex, cni, compile_all_pods, load, services,
+    },
+    dataplane::{Dataplane, DataplaneError},
+    reconcile::{PodFailure, PodState, ReconcileError, Reconciler},
+};
+
+/// Settings of standalone mode.
+#[derive(Debug, Clone)]
+pub struct StandaloneConfig {
+    /// Route file or directory.
+    pub routes: PathBuf,
+    /// Service/EndpointSlice file or directory.
+    pub services: Option<PathBuf>,
+    /// CNI result cache directory (`/var/lib/cni/results`).
+    pub cni_dir: PathBuf,
+    /// Network namespace directory (`/var/run/netns`), watched for removals.
+    pub netns_dir: PathBuf,
+    /// veer's bpffs directory.
+    pub bpffs_root: PathBuf,
+    /// Status file written after every round (read by `veer status`).
+    pub status_file: Option<PathBuf>,
+    /// Full resync interval.
+    pub resync: Duration,
+}
+
+/// Errors that stop the agent (everything else is reported and retried).
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    #[error("watching files")]
+    Watch(#[from] notify::Error),
+}
+
+/// What the last round saw and did: written to the status file.
+#[derive(Debug, Serialize)]
+pub struct Status<'a> {
+    pub mode: &'static str,
+    pub round: u64,
+    pub ready: bool,
+    pub last_round_ms: u128,
+    pub slots: Vec<(String, u16)>,
+    pub rules: usize,
+    pub routes: Vec<String>,
+    pub load_errors: Vec<String>,
+    pub compile_error: Option<String>,
+    pub issues: Vec<String>,
+    pub conflicts: Vec<String>,
+    pub pods: Vec<&'a PodState>,
+    pub pod_failures: &'a [PodFailure],
+    pub cni_errors: Vec<String>,
+}
+
+fn load_routes(set: &mut RouteSet, path: &Path) -> Vec<String> {
+    if path.is_dir() {
+        match load::load_dir(path) {
+            Ok(results) => set.update_dir(results).iter().map(ToString::to_string).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    } else {
+        match set.update_file(path.to_path_buf(), load::load_file(path)) {
+            Ok(()) => Vec::new(),
+            Err(es) => es.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+fn load_services(path: Option<&Path>, errors: &mut Vec<String>) -> ServiceIndex {
+    let mut index = ServiceIndex::new();
+    let Some(path) = path else { return index };
+    let files: Vec<PathBuf> = if path.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| load::is_config_file(p)).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    for f in files {
+        match services::load_file(&f) {
+            Ok(objs) => index.insert(&objs),
+            Err(es) => errors.extend(es.iter().map(ToString::to_string)),
+        }
+    }
+    index
+}
+
+/// Runs until `stop` is set. Returns only on a fatal error or stop; the datapath (pinned maps
+/// and links) keeps working after the agent exits.
+pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), StandaloneError> {
+    let dp = Dataplane::load_pinned(&cfg.bpffs_root)?;
+    let mut rec = Reconciler::new(dp)?;
+    let (tx, rx) = mpsc::channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok() {
+            let _ = tx.send(());
+        }
+    })?;
+    // Watch a file's directory (editors replace files by rename).
+    let watch_dir = |p: &Path| -> PathBuf {
+        if p.is_dir() { p.to_path_buf() } else { p.parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into()) }
+    };
+    for p in [Some(&cfg.routes), cfg.services.as_ref(), Some(&cfg.cni_dir), Some(&cfg.netns_dir)].into_iter().flatten() {
+        let d = watch_dir(p);
+        if let Err(e) = watcher.watch(&d, RecursiveMode::NonRecursive) {
+            tracing::warn!(path = %d.display(), error = %e, "cannot watch; relying on periodic resync");
+        }
+    }
+
+    let mut routes = RouteSet::new();
+    let mut round = 0u64;
+    let mut first = true;
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        round += 1;
+        let load_errors = load_routes(&mut routes, &cfg.routes);
+        for e in &load_errors {
+            tracing::error!(error = %e, "Route file rejected; its last good version stays in force");
+        }
+        let mut svc_errors = Vec::new();
+        let index = load_services(cfg.services.as_deref(), &mut svc_errors);
+        for e in &svc_errors {
+            tracing::error!(error = %e, "Service file rejected");
+        }
+        let mut compile_error = None;
+        match compile_all_pods(routes.routes(), &index, rec.applied()) {
+            Ok(c) => {
+                for i in &c.issues {
+                    tracing::warn!(issue = %i, "rule not applied as written");
+                }
+                for c in &c.conflicts {
+                    tracing::warn!(conflict = %c, "conflicting rules");
+                }
+                rec.apply_rules(c)?;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Routes cannot be compiled; previous rules stay in force");
+                compile_error = Some(e.to_string());
+            }
+        }
+        let (sandboxes, cni_errors) = cni::scan_dir(&cfg.cni_dir);
+        rec.sync_pods(&sandboxes);
+        if first {
+            rec.remove_orphans();
+            first = false;
+        }
+        let elapsed = started.elapsed();
+        if let Some(path) = &cfg.status_file {
+            write_status(path, &rec, round, elapsed, load_errors.into_iter().chain(svc_errors).collect(), compile_error, routes_names(&routes), cni_errors.iter().map(ToString::to_string).collect());
+        }
+        tracing::debug!(round, ms = elapsed.as_millis(), "reconciled");
+        // Wait for a change or the resync interval (checking `stop` often); coalesce bursts.
+        let deadline = Instant::now() + cfg.resync;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let slice = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
+            match rx.recv_timeout(slice) {
+                Ok(()) => {
+                    let until = Instant::now() + Duration::from_millis(20);
+                    while rx.recv_timeout(until.saturating_duration_since(Instant::now())).is_ok() {}
+                    break;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= deadline => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn routes_names(r: &RouteSet) -> Vec<String> {
+    r.routes().map(|r| r.name.clone()).collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_status(
+    path: &Path,
+    rec: &Reconciler,
+    round: u64,
+    elapsed: Duration,
+    load_errors: Vec<String>,
+    compile_error: Option<String>,
+    routes: Vec<String>,
+    cni_errors: Vec<String>,
+) {
+    let c: &Compiled = rec.applied();
+    let status = Status {
+        mode: "standalone",
+        round,
+        ready: true,
+        last_round_ms: elapsed.as_millis(),
+        slots: c.slots.iter().map(|(n, s)| (n.to_string(), s)).collect(),
+        rules: c.entries.len(),
+        routes,
+        load_errors,
+        compile_error,
+        issues: c.issues.iter().map(ToString::to_string).collect(),
+        conflicts: c.conflicts.iter().map(ToString::to_string).collect(),
+        pods: rec.pods().collect(),
+        pod_failures: &rec.failures,
+        cni_errors,
+    };
+    let tmp = path.with_extension("tmp");
+    let ok = path.parent().map(std::fs::create_dir_all).transpose().is_ok()
+        && serde_json::to_vec_pretty(&status).ok().is_some_and(|b| std::fs::write(&tmp, b).is_ok())
+        && std::fs::rename(&tmp, path).is_ok();
+    if !ok {
+        tracing::warn!(path = %path.display(), "cannot write the status file");
+    }
+}
