@@ -36,7 +36,9 @@ use rtnetlink::{
     },
 };
 use serde::Serialize;
-use veer_common::{IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, MAX_SLOTS};
+use veer_common::{
+    IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, MAX_SLOTS,
+};
 
 use crate::netns::{NetnsError, in_netns};
 
@@ -328,21 +330,44 @@ pub fn find<'a>(facts: &'a [IfaceFacts], name: &str) -> Option<&'a IfaceFacts> {
     facts.iter().find(|f| f.name == name)
 }
 
-/// The `VEER_IFACES_V1` value of an interface: `slots` maps each slot to the ifindex of the same
-/// pod's interface in that slot (0 = none).
+/// Slot → the same pod's interface in that slot: ifindex (0 = none) and MAC, i.e. its
+/// `VEER_IFACES_V1` key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SlotTargets {
+    pub ifindex: [u32; MAX_SLOTS],
+    pub mac: [[u8; 6]; MAX_SLOTS],
+}
+
+impl SlotTargets {
+    /// Puts `facts` in `slot`.
+    pub fn set(&mut self, slot: u16, facts: &IfaceFacts) {
+        self.ifindex[usize::from(slot)] = facts.ifindex;
+        self.mac[usize::from(slot)] = facts.mac;
+    }
+}
+
+/// The `VEER_IFACES_V1` key of an interface.
+pub fn iface_key(facts: &IfaceFacts) -> IfaceKey {
+    IfaceKey::new(facts.ifindex, facts.mac)
+}
+
+/// The `VEER_IFACES_V1` value of an interface of the pod whose namespace has `cookie`.
 pub fn iface_info(
     facts: &IfaceFacts,
+    cookie: u64,
     ruleset: u32,
     slot: u32,
-    slots: [u32; MAX_SLOTS],
+    targets: &SlotTargets,
 ) -> IfaceInfo {
     let mut info = IfaceInfo {
+        netns_cookie: cookie,
         ruleset,
         slot,
         ifindex: facts.ifindex,
         mtu: facts.mtu,
         mac: facts.mac,
-        slots,
+        slots: targets.ifindex,
+        slot_macs: targets.mac,
         ..IfaceInfo::default()
     };
     if let Some(a) = facts.v4 {
@@ -870,16 +895,21 @@ mod tests {
     fn iface_info_sets_exactly_the_flags_of_known_facts() {
         let (l, a, r) = calico_ovn_pod();
         let f = assemble(&l, &a, &r);
-        let mut slots = [0u32; MAX_SLOTS];
-        slots[0] = 3;
-        slots[2] = 7;
-        let i = iface_info(find(&f, "net1").unwrap(), 9, 2, slots);
-        assert_eq!((i.ruleset, i.slot, i.ifindex, i.mtu), (9, 2, 7, 1400));
+        let mut slots = SlotTargets::default();
+        slots.set(0, find(&f, "eth0").unwrap());
+        slots.set(2, find(&f, "net1").unwrap());
+        let i = iface_info(find(&f, "net1").unwrap(), 42, 9, 2, &slots);
+        assert_eq!(
+            (i.netns_cookie, i.ruleset, i.slot, i.ifindex, i.mtu),
+            (42, 9, 2, 7, 1400)
+        );
         assert_eq!(i.flags, IFACE_F_V4 | IFACE_F_V6 | IFACE_F_GW4 | IFACE_F_GW6);
         assert_eq!(i.addr4, [10, 124, 2, 5]);
         assert_eq!(i.gw4, [10, 124, 2, 1]);
         assert_eq!(i.addr6, "fd00:124::5".parse::<Ipv6Addr>().unwrap().octets());
-        assert_eq!(i.slots, slots);
+        assert_eq!(i.slots, slots.ifindex);
+        assert_eq!(i.slot_macs, slots.mac);
+        assert_eq!(i.slot_macs[2], [2, 0, 0, 0, 0, 2]);
         assert_eq!(i.mac, [2, 0, 0, 0, 0, 2]);
 
         let bare = IfaceFacts {
@@ -894,7 +924,7 @@ mod tests {
             is_ether: true,
             up: true,
         };
-        let i = iface_info(&bare, 1, 3, [0; MAX_SLOTS]);
+        let i = iface_info(&bare, 1, 1, 3, &SlotTargets::default());
         assert_eq!(i.flags, IFACE_F_V6);
         assert_eq!((i.addr4, i.gw4, i.gw6), ([0; 4], [0; 4], [0; 16]));
     }

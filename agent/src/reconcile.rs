@@ -15,14 +15,14 @@ use std::{
 use aya::maps::{MapError, PerCpuValues};
 use ipnet::IpNet;
 use serde::Serialize;
-use veer_common::{FlowKey, IfaceKey, MAX_SLOTS, RuleStats, RuleValue, paths};
+use veer_common::{FlowKey, IfaceInfo, IfaceKey, RuleStats, RuleValue, paths};
 
 use crate::{
     attach::{AttachError, PodLinks, attach_pod, detach_pod},
     config::{Compiled, PodSandbox, compile::SlotTable, diff},
     dataplane::Dataplane,
     maps::{Maps, MapsError, rule4_key, rule6_key},
-    podnet::{self, IfaceFacts, PodnetError},
+    podnet::{self, IfaceFacts, PodnetError, SlotTargets},
 };
 
 /// Errors of applying desired state to the maps.
@@ -69,6 +69,8 @@ pub struct PodState {
     facts: Vec<IfaceFacts>,
     #[serde(skip)]
     links: Vec<PodLinks>,
+    #[serde(skip)]
+    keys: Vec<IfaceKey>,
 }
 
 /// A pod that could not be set up this round (retried on the next).
@@ -301,6 +303,7 @@ impl Reconciler {
                 skipped: Vec::new(),
                 facts: Vec::new(),
                 links: Vec::new(),
+                keys: Vec::new(),
             };
             match self.setup_pod(&mut p, true) {
                 Ok(()) => {
@@ -356,40 +359,61 @@ impl Reconciler {
                 .map_err(AttachError::from)?
                 .map_err(AttachError::Cookie)?,
         };
-        let mut table = [0u32; MAX_SLOTS];
+        let mut targets = SlotTargets::default();
         for (f, slot) in &managed {
-            table[usize::from(*slot)] = f.ifindex;
+            targets.set(*slot, f);
         }
-        // Entries of interfaces no longer managed go first.
-        let now: BTreeSet<u32> = managed.iter().map(|(f, _)| f.ifindex).collect();
-        for (_, ifindex, _) in &p.ifaces {
-            if !now.contains(ifindex) {
-                let _ = self.maps.ifaces.remove(&IfaceKey {
-                    netns_cookie: cookie,
-                    ifindex: *ifindex,
-                    _pad: 0,
-                });
+        let keys: Vec<IfaceKey> = managed.iter().map(|(f, _)| podnet::iface_key(f)).collect();
+        // Entries of interfaces no longer managed (or whose MAC changed) go first.
+        for k in &p.keys {
+            if !keys.contains(k) {
+                let _ = self.maps.ifaces.remove(k);
             }
         }
         for (f, slot) in &managed {
-            let info = podnet::iface_info(f, p.ruleset, u32::from(*slot), table);
+            let info = podnet::iface_info(f, cookie, p.ruleset, u32::from(*slot), &targets);
             self.maps
                 .ifaces
-                .insert(
-                    IfaceKey {
-                        netns_cookie: cookie,
-                        ifindex: f.ifindex,
-                        _pad: 0,
-                    },
-                    info,
-                    0,
-                )
+                .insert(podnet::iface_key(f), info, 0)
                 .map_err(|source| PodError::Write {
                     iface: f.name.clone(),
                     source,
                 })?;
         }
+        // Keep the next hops resolved: a packet redirected while its next hop is unresolved is
+        // queued and later re-resolved through its original route, leaving with the wrong MACs.
+        let mut hops: Vec<(String, std::net::IpAddr)> = podnet::gateways(
+            &managed
+                .iter()
+                .map(|(f, _)| (*f).clone())
+                .collect::<Vec<_>>(),
+        );
+        for e in self.applied.entries.values() {
+            if e.value.flags & veer_common::RULE_F_VIA != 0
+                && let Some((f, _)) = managed.iter().find(|(_, s)| *s == e.value.slot)
+            {
+                let via = match e.dst {
+                    IpNet::V4(_) => std::net::IpAddr::from(
+                        <[u8; 4]>::try_from(&e.value.via[..4]).expect("4 bytes"),
+                    ),
+                    IpNet::V6(_) => std::net::IpAddr::from(e.value.via),
+                };
+                if !hops.iter().any(|(n, a)| *n == f.name && *a == via) {
+                    hops.push((f.name.clone(), via));
+                }
+            }
+        }
+        if let Err(e) = podnet::keep_resolved(&p.netns, &hops) {
+            p.skipped.push(Skip {
+                iface: String::new(),
+                reason: format!(
+                    "next hops not pinned in the neighbour table: {}",
+                    errstring(&e)
+                ),
+            });
+        }
         p.cookie = cookie;
+        p.keys = keys;
         p.ifaces = managed
             .iter()
             .map(|(f, s)| (f.name.clone(), f.ifindex, *s))
@@ -405,29 +429,37 @@ impl Reconciler {
 
     /// Removes every trace of a pod: interface entries, flows, pinned links.
     fn remove_pod(&mut self, p: PodState) {
-        for (_, ifindex, _) in &p.ifaces {
-            let _ = self.maps.ifaces.remove(&IfaceKey {
-                netns_cookie: p.cookie,
-                ifindex: *ifindex,
-                _pad: 0,
-            });
+        for k in &p.keys {
+            let _ = self.maps.ifaces.remove(k);
         }
-        self.remove_flows(p.cookie);
-        if let Some(root) = self.dp.root() {
-            if let Err(e) = detach_pod(root, p.cookie) {
-                tracing::warn!(error = %errstring(&e), "removing link pins");
-            }
+        let addrs: BTreeSet<[u8; 16]> = p.facts.iter().flat_map(addresses).collect();
+        self.remove_flows(&addrs);
+        if let Some(root) = self.dp.root()
+            && let Err(e) = detach_pod(root, p.cookie)
+        {
+            tracing::warn!(error = %errstring(&e), "removing link pins");
         }
         tracing::info!(pod = %format!("{}/{}", p.namespace, p.name), "pod gone: state removed");
     }
 
-    fn remove_flows(&mut self, cookie: u64) {
+    /// Removes the flows of a pod: outgoing entries from its addresses, reply entries to them.
+    fn remove_flows(&mut self, addrs: &BTreeSet<[u8; 16]>) {
+        if addrs.is_empty() {
+            return;
+        }
         let keys: Vec<FlowKey> = self
             .maps
             .flows
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.netns_cookie == cookie)
+            .filter(|k| {
+                let local = if k.dir == veer_common::DIR_OUT {
+                    k.saddr
+                } else {
+                    k.daddr
+                };
+                addrs.contains(&local)
+            })
             .collect();
         for k in keys {
             let _ = self.maps.flows.remove(&k);
@@ -435,21 +467,31 @@ impl Reconciler {
     }
 
     /// Removes state of pods that no longer exist but were left by a previous agent: interface
-    /// entries, flows and link pins whose namespace cookie belongs to no managed pod.
+    /// entries of no managed pod (and their flows) and link pins of unknown namespaces.
     pub fn remove_orphans(&mut self) {
+        let known_keys: std::collections::HashSet<IfaceKey> = self
+            .pods
+            .values()
+            .flat_map(|p| p.keys.iter().copied())
+            .collect();
         let known: BTreeSet<u64> = self.pods.values().map(|p| p.cookie).collect();
-        let stale_ifaces: Vec<IfaceKey> = self
+        let stale: Vec<(IfaceKey, IfaceInfo)> = self
             .maps
             .ifaces
-            .keys()
+            .iter()
             .filter_map(Result::ok)
-            .filter(|k| !known.contains(&k.netns_cookie))
+            .filter(|(k, _)| !known_keys.contains(k))
             .collect();
-        let mut cookies = BTreeSet::new();
-        for k in stale_ifaces {
-            cookies.insert(k.netns_cookie);
+        let mut addrs = BTreeSet::new();
+        for (k, info) in stale {
+            let mut a4 = [0u8; 16];
+            a4[..4].copy_from_slice(&info.addr4);
+            addrs.insert(a4);
+            addrs.insert(info.addr6);
             let _ = self.maps.ifaces.remove(&k);
         }
+        addrs.remove(&[0u8; 16]);
+        self.remove_flows(&addrs);
         if let Some(root) = self.dp.root().map(Path::to_path_buf)
             && let Ok(rd) = std::fs::read_dir(root.join(paths::LINKS_DIR))
         {
@@ -457,15 +499,25 @@ impl Reconciler {
                 if let Some(c) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok())
                     && !known.contains(&c)
                 {
-                    cookies.insert(c);
                     let _ = detach_pod(&root, c);
                 }
             }
         }
-        for c in cookies {
-            self.remove_flows(c);
-        }
     }
+}
+
+/// A pod interface's addresses as flow-key bytes (IPv4 in the first four).
+fn addresses(f: &IfaceFacts) -> Vec<[u8; 16]> {
+    let mut v = Vec::new();
+    if let Some(a) = f.v4 {
+        let mut b = [0u8; 16];
+        b[..4].copy_from_slice(&a.octets());
+        v.push(b);
+    }
+    if let Some(a) = f.v6 {
+        v.push(a.octets());
+    }
+    v
 }
 
 /// Errors of setting up one pod.

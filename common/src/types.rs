@@ -62,19 +62,33 @@ const _: () = assert!(size_of::<RuleValue>() == 24);
 /// Key of `VEER_IFACES_V1`: one managed interface of one pod.
 ///
 /// Interface indexes are per network namespace (many pods have an `eth0` with the same
-/// ifindex), so the key carries the namespace's cookie (`SO_NETNS_COOKIE`, the value
-/// `bpf_get_netns_cookie` returns inside the pod).
+/// ifindex), and inside a TC program nothing names the namespace of a received packet
+/// (`bpf_get_netns_cookie` answers for the packet's socket, and received packets have none). The
+/// interface's MAC address does: egress frames carry it as source, unicast ingress frames as
+/// destination. (ifindex, MAC) is unique on the node; the agent writes it from the node's own
+/// view of the pod, never from anything the pod sends.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IfaceKey {
-    /// Network namespace cookie (host order).
-    pub netns_cookie: u64,
-    /// Interface index inside that namespace (host order).
+    /// Interface index inside the pod's namespace (host order).
     pub ifindex: u32,
+    /// The interface's MAC address.
+    pub mac: [u8; 6],
     /// Must be zero.
-    pub _pad: u32,
+    pub _pad: [u8; 6],
 }
 const _: () = assert!(size_of::<IfaceKey>() == 16);
+
+impl IfaceKey {
+    /// The key of interface `ifindex` with address `mac`.
+    pub const fn new(ifindex: u32, mac: [u8; 6]) -> Self {
+        Self {
+            ifindex,
+            mac,
+            _pad: [0; 6],
+        }
+    }
+}
 
 /// [`IfaceInfo::flags`]: `addr4` is valid.
 pub const IFACE_F_V4: u32 = 1;
@@ -89,6 +103,9 @@ pub const IFACE_F_GW6: u32 = 8;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IfaceInfo {
+    /// Cookie of the pod's network namespace (host order): bookkeeping for the agent and the
+    /// CLI, not used by the programs.
+    pub netns_cookie: u64,
     /// Ruleset the pod follows (host order).
     pub ruleset: u32,
     /// This interface's slot (host order).
@@ -113,10 +130,12 @@ pub struct IfaceInfo {
     pub gw6: [u8; 16],
     /// Slot → ifindex of the same pod's interface in that slot (host order); 0 = none.
     pub slots: [u32; MAX_SLOTS],
+    /// Slot → MAC of the same pod's interface in that slot (with `slots`, its key).
+    pub slot_macs: [[u8; 6]; MAX_SLOTS],
     /// Must be zero.
-    pub _pad1: u32,
+    pub _pad1: [u8; 4],
 }
-const _: () = assert!(size_of::<IfaceInfo>() == 104);
+const _: () = assert!(size_of::<IfaceInfo>() == 160);
 
 /// [`FlowKey::dir`]: the tuple as it leaves the pod on its original interface.
 pub const DIR_OUT: u8 = 0;
@@ -129,8 +148,9 @@ pub const DIR_IN: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    /// Network namespace cookie of the pod (host order).
-    pub netns_cookie: u64,
+    /// Reserved, zero. Flows are told apart by their addresses: a pod's address is unique on
+    /// the node, and so is the translated tuple of a steered flow.
+    pub zone: u64,
     /// Source address, network order.
     pub saddr: [u8; 16],
     /// Destination address, network order.

@@ -2,8 +2,7 @@
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST, TC_ACT_SHOT},
-    cty::c_void,
-    helpers::generated::{bpf_get_netns_cookie, bpf_ktime_get_coarse_ns},
+    helpers::generated::bpf_ktime_get_coarse_ns,
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -27,22 +26,9 @@ use crate::{
 
 const NS_PER_S: u64 = 1_000_000_000;
 
-/// Netns cookie of every `DIR_IN` flow key. The TC flavour of `bpf_get_netns_cookie(skb)`
-/// returns the namespace of `skb->sk`, and init_net's for a packet without a socket — which is
-/// every packet a pod receives — so ingress cannot learn the pod from it. Replies are told apart
-/// by their translated tuple instead: its local address is the pod's own address on the target
-/// interface, unique on the node.
-const REPLY_COOKIE: u64 = 0;
-
 #[inline(always)]
 fn skb(ctx: &TcContext) -> *mut __sk_buff {
     ctx.skb.skb
-}
-
-#[inline(always)]
-fn netns_cookie(ctx: &TcContext) -> u64 {
-    // SAFETY: helper call on the program's own context.
-    unsafe { bpf_get_netns_cookie(skb(ctx) as *mut c_void) }
 }
 
 #[inline(always)]
@@ -76,21 +62,17 @@ fn lookup_rule(ruleset: u32, family: u8, addr: &[u8; 16]) -> Option<&'static Rul
 }
 
 #[inline(always)]
-fn iface(cookie: u64, ifindex: u32) -> Option<&'static IfaceInfo> {
-    let key = IfaceKey {
-        netns_cookie: cookie,
-        ifindex,
-        _pad: 0,
-    };
+fn iface(ifindex: u32, mac: [u8; 6]) -> Option<&'static IfaceInfo> {
+    let key = IfaceKey::new(ifindex, mac);
     // SAFETY: entries are only replaced whole by the agent; a concurrent update can at worst
     // show the old or the new value of a field, never an out-of-bounds access.
     unsafe { VEER_IFACES_V1.get(&key) }
 }
 
 #[inline(always)]
-fn flow_key(cookie: u64, p: &Pkt, dir: u8) -> FlowKey {
+fn flow_key(p: &Pkt, dir: u8) -> FlowKey {
     FlowKey {
-        netns_cookie: cookie,
+        zone: 0,
         saddr: p.saddr,
         daddr: p.daddr,
         sport: p.sport,
@@ -106,7 +88,7 @@ fn flow_key(cookie: u64, p: &Pkt, dir: u8) -> FlowKey {
 #[inline(always)]
 fn reverse(k: &FlowKey, saddr: [u8; 16], dir: u8) -> FlowKey {
     FlowKey {
-        netns_cookie: if dir == DIR_IN { REPLY_COOKIE } else { k.netns_cookie },
+        zone: 0,
         saddr: k.daddr,
         daddr: saddr,
         sport: k.dport,
@@ -202,10 +184,20 @@ fn steer(ctx: &TcContext, p: &Pkt, f: &FlowValue, reason: u32) -> Result<Verdict
     })
 }
 
+/// The destination and source MAC addresses of the frame.
+#[inline(always)]
+fn macs(ctx: &TcContext) -> Result<([u8; 6], [u8; 6]), u32> {
+    let m: [u8; 12] = read(ctx, 0)?;
+    Ok((
+        [m[0], m[1], m[2], m[3], m[4], m[5]],
+        [m[6], m[7], m[8], m[9], m[10], m[11]],
+    ))
+}
+
 pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
     let p = parse(ctx)?;
-    let eth_dst0: u8 = read(ctx, 0)?;
-    if eth_dst0 & 1 != 0 || is_special_dst(&p) {
+    let (dst_mac, src_mac) = macs(ctx)?;
+    if dst_mac[0] & 1 != 0 || is_special_dst(&p) {
         return Ok(Verdict::pass(stats::PASS_MCAST));
     }
     // The pod answering a ping, or reporting an error: never steered.
@@ -213,9 +205,8 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
     if is_icmp && p.sport == 0 {
         return Ok(Verdict::pass(stats::PASS_OTHER_PROTO));
     }
-    let cookie = netns_cookie(ctx);
     let now = now_ns();
-    let key = flow_key(cookie, &p, DIR_OUT);
+    let key = flow_key(&p, DIR_OUT);
 
     if let Some(fp) = VEER_FLOWS_V1.get_ptr_mut(&key) {
         // SAFETY: LRU map value; concurrent writers only store whole fields.
@@ -244,7 +235,8 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
 
     // SAFETY: reading a field of the program's own context.
     let ifindex = unsafe { (*skb(ctx)).ifindex };
-    let Some(me) = iface(cookie, ifindex) else {
+    // A frame leaving a pod interface carries that interface's MAC as its source.
+    let Some(me) = iface(ifindex, src_mac) else {
         return Ok(Verdict::pass(stats::PASS_UNMANAGED));
     };
     let Some(rule) = lookup_rule(me.ruleset, p.family, &p.daddr) else {
@@ -267,7 +259,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
     if tif == 0 {
         return Ok(Verdict::pass(stats::PASS_NO_TARGET));
     }
-    let Some(t) = iface(cookie, tif) else {
+    let Some(t) = iface(tif, me.slot_macs[slot]) else {
         return Ok(Verdict::pass(stats::PASS_NO_TARGET));
     };
 
@@ -378,16 +370,15 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
 
 pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
     let p = parse(ctx)?;
-    let eth_dst0: u8 = read(ctx, 0)?;
-    if eth_dst0 & 1 != 0 || is_special_dst(&p) {
+    let (dst_mac, _) = macs(ctx)?;
+    if dst_mac[0] & 1 != 0 || is_special_dst(&p) {
         return Ok(Verdict::pass(stats::PASS_MCAST));
     }
-    let cookie = netns_cookie(ctx);
     if p.icmp_error != 0 {
-        return icmp_error(ctx, &p, cookie);
+        return icmp_error(ctx, &p);
     }
     let now = now_ns();
-    let key = flow_key(REPLY_COOKIE, &p, DIR_IN);
+    let key = flow_key(&p, DIR_IN);
     if let Some(fp) = VEER_FLOWS_V1.get_ptr_mut(&key) {
         // SAFETY: as in `try_egress`.
         let f = unsafe { &mut *fp };
@@ -419,13 +410,13 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
     // rule covers the peer, so pin the reply direction as native. (TCP needs no entry: replies
     // of inbound connections are never SYNs, which alone start steering.)
     if p.proto == IPPROTO_UDP {
-        let mut out_key = reverse(&key, p.saddr, DIR_OUT);
-        out_key.netns_cookie = cookie;
+        let out_key = reverse(&key, p.saddr, DIR_OUT);
         // SAFETY: read-only presence check.
         if unsafe { VEER_FLOWS_V1.get(&out_key) }.is_none() {
             // SAFETY: reading a field of the program's own context.
             let ifindex = unsafe { (*skb(ctx)).ifindex };
-            if let Some(me) = iface(cookie, ifindex)
+            // A unicast frame arriving on a pod interface carries its MAC as destination.
+            if let Some(me) = iface(ifindex, dst_mac)
                 && let Some(rule) = lookup_rule(me.ruleset, p.family, &p.saddr)
                 && rule.slot as u32 != me.slot
             {
@@ -451,16 +442,15 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
 /// An ICMP/ICMPv6 error about a packet we translated: restore the outer destination and the
 /// quoted source so the original socket learns of it (PMTU discovery included).
 #[inline(always)]
-fn icmp_error(ctx: &TcContext, p: &Pkt, cookie: u64) -> Result<Verdict, u32> {
+fn icmp_error(ctx: &TcContext, p: &Pkt) -> Result<Verdict, u32> {
     // Quoted headers may sit outside the linear area; 8 + 40 + 8 covers both families.
     let _ = ctx.pull_data((p.l4_off + 56) as u32);
     let i = parse_inner(ctx, p)?;
     if i.saddr != p.daddr {
         return Ok(Verdict::pass(stats::PASS_INGRESS));
     }
-    let _ = cookie;
     let key = FlowKey {
-        netns_cookie: REPLY_COOKIE,
+        zone: 0,
         saddr: i.daddr,
         daddr: i.saddr,
         sport: i.dport,

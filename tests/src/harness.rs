@@ -100,7 +100,7 @@ impl Harness {
             name: n0,
             ifindex: ifindex(n0),
             slot: 0,
-            mac: [0x02, 0, 0, 0, 0, 0x01],
+            mac: crate::packet::SRC_MAC,
             v4: "10.244.1.5".parse().unwrap(),
             gw4: Some("169.254.1.1".parse().unwrap()),
             v6: "fd00:244::5".parse().unwrap(),
@@ -111,7 +111,7 @@ impl Harness {
             name: n1,
             ifindex: ifindex(n1),
             slot: 1,
-            mac: [0x02, 0, 0, 0, 0, 0x02],
+            mac: crate::packet::DST_MAC,
             v4: "10.124.2.5".parse().unwrap(),
             gw4: Some("10.124.2.1".parse().unwrap()),
             v6: "fd00:124::5".parse().unwrap(),
@@ -134,11 +134,15 @@ impl Harness {
     /// (Re)writes both interfaces into `VEER_IFACES_V1`.
     pub fn register_ifaces(&mut self) {
         let mut slots = [0u32; veer_common::MAX_SLOTS];
-        slots[self.eth0.slot as usize] = self.eth0.ifindex;
-        slots[self.eth1.slot as usize] = self.eth1.ifindex;
+        let mut slot_macs = [[0u8; 6]; veer_common::MAX_SLOTS];
+        for i in [&self.eth0, &self.eth1] {
+            slots[i.slot as usize] = i.ifindex;
+            slot_macs[i.slot as usize] = i.mac;
+        }
         for i in [self.eth0.clone(), self.eth1.clone()] {
             let mut flags = IFACE_F_V4 | IFACE_F_V6;
             let mut info = IfaceInfo {
+                netns_cookie: self.cookie,
                 ruleset: RULESET,
                 slot: i.slot,
                 ifindex: i.ifindex,
@@ -147,6 +151,7 @@ impl Harness {
                 addr4: i.v4.octets(),
                 addr6: i.v6.octets(),
                 slots,
+                slot_macs,
                 ..Default::default()
             };
             if let Some(g) = i.gw4 {
@@ -160,28 +165,21 @@ impl Harness {
             info.flags = flags;
             self.maps
                 .ifaces
-                .insert(
-                    IfaceKey {
-                        netns_cookie: self.cookie,
-                        ifindex: i.ifindex,
-                        _pad: 0,
-                    },
-                    info,
-                    0,
-                )
+                .insert(IfaceKey::new(i.ifindex, i.mac), info, 0)
                 .expect("insert iface");
         }
     }
 
     /// Removes an interface from `VEER_IFACES_V1`.
     pub fn unregister(&mut self, ifindex: u32) {
+        let mac = if ifindex == self.eth0.ifindex {
+            self.eth0.mac
+        } else {
+            self.eth1.mac
+        };
         self.maps
             .ifaces
-            .remove(&IfaceKey {
-                netns_cookie: self.cookie,
-                ifindex,
-                _pad: 0,
-            })
+            .remove(&IfaceKey::new(ifindex, mac))
             .expect("remove iface");
     }
 

@@ -222,9 +222,11 @@ pub fn echo_frame(src: IpAddr, dst: IpAddr, request: bool, id: u16) -> Vec<u8> {
     eth(DST_MAC, SRC_MAC, &ip(src, dst, proto, &l4))
 }
 
-/// Default MACs of crafted frames.
-pub const DST_MAC: [u8; 6] = [0xee, 0xee, 0xee, 0xee, 0xee, 0xee];
-pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+/// Default MACs of crafted frames: the source is the harness pod's `eth0`, the destination its
+/// `eth1` (so egress frames from `eth0` and ingress frames to `eth1` are recognised; the
+/// programs look interfaces up by ifindex and MAC).
+pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
 /// What [`parse`] extracts from a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,9 +16,7 @@ use veer_agent::{
     maps::{Maps, rule4_key, rule6_key},
     podnet::{self, IfaceFacts},
 };
-use veer_common::{
-    DIR_IN, DIR_OUT, FLOW_REVNAT, FLOW_STEER, IfaceKey, MAX_SLOTS, RuleValue, stats,
-};
+use veer_common::{DIR_IN, DIR_OUT, FLOW_REVNAT, FLOW_STEER, RuleValue, stats};
 use veer_tests::{
     packet,
     privileged::require_root,
@@ -37,7 +35,7 @@ const RULE_LOCAL4: u32 = 21;
 /// The pod with the programs attached and its interfaces and rules in the maps.
 struct Steered {
     // Field order is drop order: links and maps before the namespaces.
-    links: PodLinks,
+    _links: PodLinks,
     maps: Maps,
     _dp: Dataplane,
     topo: Topology,
@@ -94,17 +92,16 @@ fn steered_pod(second: &str) -> Steered {
     podnet::keep_resolved(&topo.pod_path(), &gateways).expect("idempotent");
     wait_resolved(&topo, &gateways);
 
-    let mut slots = [0u32; MAX_SLOTS];
-    slots[0] = eth0.ifindex;
-    slots[1] = ovn.ifindex;
+    let mut slots = podnet::SlotTargets::default();
+    slots.set(0, eth0);
+    slots.set(1, ovn);
     for (f, slot) in [(eth0, 0), (ovn, 1)] {
-        let key = IfaceKey {
-            netns_cookie: links.cookie,
-            ifindex: f.ifindex,
-            _pad: 0,
-        };
         maps.ifaces
-            .insert(key, podnet::iface_info(f, RULESET, slot, slots), 0)
+            .insert(
+                podnet::iface_key(f),
+                podnet::iface_info(f, links.cookie, RULESET, slot, &slots),
+                0,
+            )
             .expect("insert iface");
     }
     let rule = |rule_id, slot| RuleValue {
@@ -136,7 +133,7 @@ fn steered_pod(second: &str) -> Steered {
         )
         .expect("rule");
     Steered {
-        links,
+        _links: links,
         maps,
         _dp: dp,
         topo,
@@ -251,7 +248,7 @@ fn steering(second: &str) {
             why()
         );
     }
-    // Outgoing flow entries are keyed by this pod's namespace cookie.
+    // Flow entries are keyed by addresses: outgoing ones by the pod's own source address.
     let flows: Vec<_> = s.maps.flows.iter().map(|r| r.expect("flows")).collect();
     assert!(
         flows
@@ -263,10 +260,9 @@ fn steering(second: &str) {
         "{flows:?}"
     );
     assert!(
-        flows
-            .iter()
-            .filter(|(k, _)| k.dir == DIR_OUT)
-            .all(|(k, _)| k.netns_cookie == s.links.cookie),
+        flows.iter().filter(|(k, _)| k.dir == DIR_OUT).all(
+            |(k, _)| k.zone == 0 && (k.saddr[..4] == POD4.octets() || k.saddr == POD6.octets())
+        ),
         "{flows:?}"
     );
 }

@@ -88,7 +88,45 @@ fn flow(h: &Harness, dir: u8, kind: u8) -> Vec<(FlowKey, FlowValue)> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Foundation: parsing and counting, nothing touched.
+// Foundation: the object passes libbpf's loader and the verifier; parsing and counting.
+
+#[test]
+fn bpftool_loadall_accepts_the_release_object() {
+    if !require_root("bpftool loadall") {
+        return;
+    }
+    let obj = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/ebpf/bpfel-unknown-none/release/veer-ebpf"
+    );
+    let dir = format!("/sys/fs/bpf/veer-test-loadall-{}", std::process::id());
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _c = Cleanup(dir.clone());
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "loadall", obj, &dir, "type", "classifier"])
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool prog loadall failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pinned: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    pinned.sort();
+    assert_eq!(
+        pinned,
+        vec!["veer_egress", "veer_ingress"],
+        "both classifiers verified and pinned"
+    );
+}
 
 #[test]
 fn unmanaged_interface_passes_ipv4_tcp_ipv6_and_truncated_frames_byte_for_byte() {
@@ -486,11 +524,7 @@ fn icmp_error_about(quoted_frame: &[u8], router: IpAddr, to: IpAddr, v6: bool) -
     };
     let m = icmp(router, to, ty, code, rest, quoted);
     let proto = if v6 { ICMPV6 } else { ICMP };
-    eth(h_mac(), SRC_MAC, &ip(router, to, proto, &m))
-}
-
-fn h_mac() -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, 0x02]
+    eth(DST_MAC, SRC_MAC, &ip(router, to, proto, &m))
 }
 
 #[test]
@@ -666,7 +700,13 @@ fn replies_to_inbound_connections_leave_where_they_came_in() {
         let (pod, client) = (a("10.244.1.5"), a("172.16.10.7"));
         // UDP request arrives on eth0 from a client a rule would steer: pinned native.
         let before = h.stats();
-        let q = udp_frame(client, pod, 5353, 53, false);
+        // Arriving on eth0: addressed to eth0's MAC.
+        let l4 = udp(client, pod, 5353, 53, b"query", false);
+        let q = eth(
+            h.eth0.mac,
+            [0x02, 0, 0, 0, 0, 0x99],
+            &ip(client, pod, UDP, &l4),
+        );
         assert_eq!(h.ingress(h.eth0.ifindex, &q).out, q);
         assert!(Harness::delta(&before, &h.stats()).contains(&("pinned_inbound", 1)));
         let reply = udp_frame(pod, client, 53, 5353, false);
