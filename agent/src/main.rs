@@ -91,7 +91,14 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Run { routes, services, cni_dir, netns_dir, status_file, resync_secs } => {
+        Cmd::Run {
+            routes,
+            services,
+            cni_dir,
+            netns_dir,
+            status_file,
+            resync_secs,
+        } => {
             let stop = install_signal_handlers();
             let cfg = veer_agent::standalone::StandaloneConfig {
                 routes,

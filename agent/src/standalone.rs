@@ -21,9 +21,7 @@ use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
 
 use crate::{
-    config::{
-        Compiled, RouteSet, ServiceIndex, cni, compile_all_pods, load, services,
-    },
+    config::{Compiled, RouteSet, ServiceIndex, cni, compile_all_pods, load, services},
     dataplane::{Dataplane, DataplaneError},
     reconcile::{PodFailure, PodState, ReconcileError, Reconciler},
 };
@@ -80,7 +78,11 @@ pub struct Status<'a> {
 fn load_routes(set: &mut RouteSet, path: &Path) -> Vec<String> {
     if path.is_dir() {
         match load::load_dir(path) {
-            Ok(results) => set.update_dir(results).iter().map(ToString::to_string).collect(),
+            Ok(results) => set
+                .update_dir(results)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             Err(e) => vec![e.to_string()],
         }
     } else {
@@ -96,7 +98,12 @@ fn load_services(path: Option<&Path>, errors: &mut Vec<String>) -> ServiceIndex 
     let Some(path) = path else { return index };
     let files: Vec<PathBuf> = if path.is_dir() {
         let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| load::is_config_file(p)).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| load::is_config_file(p))
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -125,9 +132,23 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
     })?;
     // Watch a file's directory (editors replace files by rename).
     let watch_dir = |p: &Path| -> PathBuf {
-        if p.is_dir() { p.to_path_buf() } else { p.parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into()) }
+        if p.is_dir() {
+            p.to_path_buf()
+        } else {
+            p.parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| ".".into())
+        }
     };
-    for p in [Some(&cfg.routes), cfg.services.as_ref(), Some(&cfg.cni_dir), Some(&cfg.netns_dir)].into_iter().flatten() {
+    for p in [
+        Some(&cfg.routes),
+        cfg.services.as_ref(),
+        Some(&cfg.cni_dir),
+        Some(&cfg.netns_dir),
+    ]
+    .into_iter()
+    .flatten()
+    {
         let d = watch_dir(p);
         if let Err(e) = watcher.watch(&d, RecursiveMode::NonRecursive) {
             tracing::warn!(path = %d.display(), error = %e, "cannot watch; relying on periodic resync");
@@ -173,7 +194,16 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
         }
         let elapsed = started.elapsed();
         if let Some(path) = &cfg.status_file {
-            write_status(path, &rec, round, elapsed, load_errors.into_iter().chain(svc_errors).collect(), compile_error, routes_names(&routes), cni_errors.iter().map(ToString::to_string).collect());
+            write_status(
+                path,
+                &rec,
+                round,
+                elapsed,
+                load_errors.into_iter().chain(svc_errors).collect(),
+                compile_error,
+                routes_names(&routes),
+                cni_errors.iter().map(ToString::to_string).collect(),
+            );
         }
         tracing::debug!(round, ms = elapsed.as_millis(), "reconciled");
         // Wait for a change or the resync interval (checking `stop` often); coalesce bursts.
@@ -182,11 +212,16 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let slice = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(200));
             match rx.recv_timeout(slice) {
                 Ok(()) => {
                     let until = Instant::now() + Duration::from_millis(20);
-                    while rx.recv_timeout(until.saturating_duration_since(Instant::now())).is_ok() {}
+                    while rx
+                        .recv_timeout(until.saturating_duration_since(Instant::now()))
+                        .is_ok()
+                    {}
                     break;
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= deadline => break,
@@ -231,8 +266,14 @@ fn write_status(
         cni_errors,
     };
     let tmp = path.with_extension("tmp");
-    let ok = path.parent().map(std::fs::create_dir_all).transpose().is_ok()
-        && serde_json::to_vec_pretty(&status).ok().is_some_and(|b| std::fs::write(&tmp, b).is_ok())
+    let ok = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .transpose()
+        .is_ok()
+        && serde_json::to_vec_pretty(&status)
+            .ok()
+            .is_some_and(|b| std::fs::write(&tmp, b).is_ok())
         && std::fs::rename(&tmp, path).is_ok();
     if !ok {
         tracing::warn!(path = %path.display(), "cannot write the status file");
