@@ -11,6 +11,7 @@
 pub mod attach;
 pub mod config;
 pub mod dataplane;
+pub mod k8s;
 pub mod lpm;
 pub mod maps;
 pub mod netns;

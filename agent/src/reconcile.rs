@@ -268,14 +268,25 @@ impl Reconciler {
         });
     }
 
-    /// Makes the managed pods exactly `sandboxes` (those whose namespace exists): new pods are
-    /// discovered and attached, gone pods have every trace removed.
+    /// Makes the managed pods exactly `sandboxes` (those whose namespace exists), every pod in
+    /// [`ALL_PODS_RULESET`](crate::config::compile::ALL_PODS_RULESET): new pods are discovered
+    /// and attached, gone pods have every trace removed.
     pub fn sync_pods(&mut self, sandboxes: &[PodSandbox]) {
-        self.failures.clear();
-        let want: BTreeMap<&Path, &PodSandbox> = sandboxes
+        let pods: Vec<(PodSandbox, u32)> = sandboxes
             .iter()
-            .filter(|s| s.netns.exists())
-            .map(|s| (s.netns.as_path(), s))
+            .map(|s| (s.clone(), crate::config::compile::ALL_PODS_RULESET))
+            .collect();
+        self.sync_pods_with_rulesets(&pods);
+    }
+
+    /// Like [`sync_pods`](Self::sync_pods), with each pod's ruleset given: a managed pod whose
+    /// ruleset changed has its interface entries rewritten (its links stay).
+    pub fn sync_pods_with_rulesets(&mut self, pods: &[(PodSandbox, u32)]) {
+        self.failures.clear();
+        let want: BTreeMap<&Path, (&PodSandbox, u32)> = pods
+            .iter()
+            .filter(|(s, _)| s.netns.exists())
+            .map(|(s, rs)| (s.netns.as_path(), (s, *rs)))
             .collect();
         let gone: Vec<PathBuf> = self
             .pods
@@ -288,8 +299,15 @@ impl Reconciler {
                 self.remove_pod(p);
             }
         }
-        for (netns, s) in want {
-            if self.pods.contains_key(netns) {
+        for (netns, (s, ruleset)) in want {
+            if let Some(mut p) = self.pods.remove(netns) {
+                if p.ruleset != ruleset {
+                    p.ruleset = ruleset;
+                    if let Err(e) = self.setup_pod(&mut p, false) {
+                        self.fail(&s.namespace, &s.name, netns, &e);
+                    }
+                }
+                self.pods.insert(netns.to_path_buf(), p);
                 continue;
             }
             let mut p = PodState {
@@ -298,7 +316,7 @@ impl Reconciler {
                 uid: s.uid.clone(),
                 netns: netns.to_path_buf(),
                 cookie: 0,
-                ruleset: crate::config::compile::ALL_PODS_RULESET,
+                ruleset,
                 ifaces: Vec::new(),
                 skipped: Vec::new(),
                 facts: Vec::new(),

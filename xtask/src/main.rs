@@ -49,6 +49,8 @@ enum Cmd {
         #[arg(long)]
         no_setup: bool,
     },
+    /// Regenerate manifests/crd.yaml from the Rust types (`agent/src/k8s/crd.rs`).
+    Crdgen,
     /// Benchmarks (root). The full run regenerates docs/benchmarks.md; `--quick` is a smoke run
     /// of the harness (the test suite runs it) and writes only target/bench/.
     Bench {
@@ -274,6 +276,20 @@ fn test(no_setup: bool) -> Result<()> {
     Ok(())
 }
 
+fn crdgen() -> Result<()> {
+    let out = cargo()
+        .args(["run", "--quiet", "--package", "veer-agent", "--bin", "veer-crdgen"])
+        .output()
+        .context("running veer-crdgen")?;
+    if !out.status.success() {
+        bail!("veer-crdgen failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let path = root().join("manifests/crd.yaml");
+    std::fs::write(&path, &out.stdout).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
 fn bench(quick: bool) -> Result<()> {
     if !setup::is_root() {
         bail!(
@@ -346,5 +362,6 @@ fn main() -> Result<()> {
         Cmd::Build { release } => build(release),
         Cmd::Test { no_setup } => test(no_setup),
         Cmd::Bench { quick } => bench(quick),
+        Cmd::Crdgen => crdgen(),
     }
 }

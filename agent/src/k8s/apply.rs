@@ -1,0 +1,106 @@
+//! Handing the desired state to the dataplane: [`NodeDataplane`], implemented by the reconcile
+//! core ([`Reconciler`]) and by test doubles (the Kubernetes loop needs no BPF to be tested).
+//!
+//! Every pod gets its own ruleset through [`Reconciler::sync_pods_with_rulesets`].
+
+use std::collections::BTreeMap;
+
+use crate::config::PodSandbox;
+use crate::config::compile::Compiled;
+use crate::reconcile::{ReconcileError, Reconciler};
+
+/// What the dataplane did with one pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodOutcome {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Interfaces where rules are in force.
+    pub managed: Vec<String>,
+    /// Interfaces named by rules that are skipped for this pod, and why.
+    pub skipped: Vec<(String, String)>,
+    /// Why the pod could not be set up this round (it is retried).
+    pub failure: Option<String>,
+}
+
+/// Errors of one apply round (the previous state stays in force; retried next round).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+}
+
+/// The dataplane as the Kubernetes loop drives it.
+pub trait NodeDataplane: Send + 'static {
+    /// The compilation in force (for sticky slots and rule ids).
+    fn applied(&self) -> &Compiled;
+
+    /// Makes the maps hold `compiled` and the managed pods exactly `pods` (each with its
+    /// ruleset). Returns what happened to every pod.
+    fn apply(
+        &mut self,
+        compiled: Compiled,
+        pods: &[(PodSandbox, u32)],
+    ) -> Result<Vec<PodOutcome>, ApplyError>;
+
+    /// Removes state left by a previous agent for pods that no longer exist (after the first
+    /// apply).
+    fn remove_orphans(&mut self);
+}
+
+impl NodeDataplane for Reconciler {
+    fn applied(&self) -> &Compiled {
+        Reconciler::applied(self)
+    }
+
+    fn apply(
+        &mut self,
+        compiled: Compiled,
+        pods: &[(PodSandbox, u32)],
+    ) -> Result<Vec<PodOutcome>, ApplyError> {
+        self.apply_rules(compiled)?;
+        self.sync_pods_with_rulesets(pods);
+        let sandboxes: Vec<PodSandbox> = pods.iter().map(|(s, _)| s.clone()).collect();
+        Ok(outcomes(self, &sandboxes))
+    }
+
+    fn remove_orphans(&mut self) {
+        Reconciler::remove_orphans(self);
+    }
+}
+
+/// The outcome of every sandbox from the reconciler's pod states and failures.
+fn outcomes(rec: &Reconciler, sandboxes: &[PodSandbox]) -> Vec<PodOutcome> {
+    let uid_of: BTreeMap<(&str, &str), &str> = sandboxes
+        .iter()
+        .map(|s| ((s.namespace.as_str(), s.name.as_str()), s.uid.as_str()))
+        .collect();
+    let mut out: Vec<PodOutcome> = rec
+        .pods()
+        .map(|p| PodOutcome {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            uid: p.uid.clone(),
+            managed: p.ifaces.iter().map(|(n, _, _)| n.clone()).collect(),
+            skipped: p
+                .skipped
+                .iter()
+                .map(|s| (s.iface.clone(), s.reason.clone()))
+                .collect(),
+            failure: None,
+        })
+        .collect();
+    for f in &rec.failures {
+        out.push(PodOutcome {
+            namespace: f.namespace.clone(),
+            name: f.name.clone(),
+            uid: uid_of
+                .get(&(f.namespace.as_str(), f.name.as_str()))
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            failure: Some(f.error.clone()),
+            ..Default::default()
+        });
+    }
+    out
+}

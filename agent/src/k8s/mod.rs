@@ -1,0 +1,604 @@
+//! Kubernetes mode: `veer run --kubernetes --node-name <node>`, one agent per node (DaemonSet).
+//!
+//! - [`crd`]: the `Route` CRD generated from the Rust types (`veer-crdgen`,
+//!   `manifests/crd.yaml`) and the status types;
+//! - [`watch`]: reflectors for Routes, Services, EndpointSlices, this node's Pods, and the
+//!   metadata of Namespaces, ReplicaSets and Jobs;
+//! - [`select`]: which pods a Route applies to (a pure function);
+//! - [`desired`]: the desired state from the stores (a pure function): compiler inputs,
+//!   rulesets and the ruleset of every pod;
+//! - [`apply`]: handing it to the dataplane ([`apply::NodeDataplane`]);
+//! - [`status`]: Route status by server-side apply (one entry per node) and Events.
+//!
+//! The loop ([`run`], [`run_with`]) is level-triggered: any relevant change (or the resync
+//! interval, or a change in the CNI result cache) starts a round that recomputes the whole
+//! desired state from the stores, compiles it against what is applied, writes the difference,
+//! and brings the managed pods (CNI sandboxes matched to API pods by UID) in line. Nothing is
+//! computed before every store has listed once; after that the stores are always complete
+//! snapshots (see [`watch`]), so an API outage keeps the last known state in force. Rules are
+//! never cleared because the API server is away; the pinned datapath keeps running when the
+//! agent itself stops. No finalizers: deleting a Route removes its entries on the next round.
+
+pub mod apply;
+pub mod crd;
+pub mod desired;
+pub mod select;
+pub mod status;
+pub mod watch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, ResourceExt};
+use serde::Serialize;
+
+use crate::config::cni;
+use crate::config::compile::Compiled;
+use crate::dataplane::{Dataplane, DataplaneError};
+use crate::reconcile::{ReconcileError, Reconciler};
+
+use apply::{NodeDataplane, PodOutcome};
+use crd::RouteStatus;
+use desired::{Desired, RulesetIds, desired_from_stores};
+use status::{EventMemory, RoundView};
+use watch::Reflectors;
+
+/// Longest wait for one status write or Event.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Name of the agent as a reporting controller (Events) and field manager prefix.
+pub const CONTROLLER: &str = "veer-agent";
+
+/// One (API group, resource, verbs) the agent uses. `manifests/rbac.yaml` must grant exactly
+/// these (checked by `agent/tests/manifests.rs`; the mock API server test checks that every
+/// request the agent makes is covered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiAccess {
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
+const LIST_WATCH: &[&str] = &["list", "watch"];
+
+/// Every API access of the agent: the reflectors list and watch, the status is applied
+/// (`patch`), Events are created and patched (series) by kube's event recorder.
+pub const API_ACCESS: &[ApiAccess] = &[
+    ApiAccess {
+        group: "k8s.ovn.org",
+        resource: "routes",
+        verbs: LIST_WATCH,
+    },
+    ApiAccess {
+        group: "k8s.ovn.org",
+        resource: "routes/status",
+        verbs: &["patch"],
+    },
+    ApiAccess {
+        group: "",
+        resource: "services",
+        verbs: LIST_WATCH,
+    },
+    ApiAccess {
+        group: "",
+        resource: "pods",
+        verbs: LIST_WATCH,
+    },
+    ApiAccess {
+        group: "",
+        resource: "namespaces",
+        verbs: LIST_WATCH,
+    },
+    ApiAccess {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: LIST_WATCH,
+    },
+    ApiAccess {
+        group: "apps",
+        resource: "replicasets",
+        verbs: LIST_WATCH,
+    },
+    ApiAccess {
+        group: "batch",
+        resource: "jobs",
+        verbs: LIST_WATCH,
+    },
+    ApiAccess {
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+    },
+];
+
+/// Whether [`API_ACCESS`] allows `verb` on `group`/`resource`.
+pub fn allowed(group: &str, resource: &str, verb: &str) -> bool {
+    API_ACCESS
+        .iter()
+        .any(|a| a.group == group && a.resource == resource && a.verbs.contains(&verb))
+}
+
+/// Settings of Kubernetes mode.
+#[derive(Debug, Clone)]
+pub struct K8sConfig {
+    /// This node's name (`spec.nodeName` of its pods; the downward API gives it).
+    pub node_name: String,
+    /// CNI result cache directory (`/var/lib/cni/results`).
+    pub cni_dir: PathBuf,
+    /// Network namespace directory (`/var/run/netns`), watched for removals.
+    pub netns_dir: PathBuf,
+    /// veer's bpffs directory.
+    pub bpffs_root: PathBuf,
+    /// Status file written after every round (read by `veer status`).
+    pub status_file: Option<PathBuf>,
+    /// Full resync interval.
+    pub resync: Duration,
+    /// Quiet time after a change before a round starts (coalesces bursts of events).
+    pub debounce: Duration,
+}
+
+impl K8sConfig {
+    /// Defaults for a node: the usual host paths, resync every 30 s, 200 ms debounce.
+    pub fn new(node_name: impl Into<String>, bpffs_root: impl Into<PathBuf>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            cni_dir: cni::RESULTS_DIR.into(),
+            netns_dir: "/var/run/netns".into(),
+            bpffs_root: bpffs_root.into(),
+            status_file: None,
+            resync: Duration::from_secs(30),
+            debounce: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Errors that stop the agent (everything else is reported and retried).
+#[derive(Debug, thiserror::Error)]
+pub enum K8sError {
+    #[error("no node name: pass --node-name (the DaemonSet sets it from spec.nodeName)")]
+    NoNodeName,
+    #[error("connecting to the Kubernetes API")]
+    Client(#[from] kube::Error),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    #[error("a reflector stopped before its first list")]
+    ReflectorStopped,
+    #[error("the dataplane task failed: {0}")]
+    Task(String),
+}
+
+/// What the last round saw and did: written to the status file.
+#[derive(Debug, Serialize)]
+pub struct K8sStatus {
+    pub mode: &'static str,
+    pub node: String,
+    pub round: u64,
+    pub degraded: bool,
+    pub last_round_ms: u128,
+    pub slots: Vec<(String, u16)>,
+    pub rules: usize,
+    pub routes: Vec<String>,
+    pub invalid_routes: Vec<String>,
+    pub rulesets: BTreeMap<u32, Vec<String>>,
+    pub round_error: Option<String>,
+    pub issues: Vec<String>,
+    pub conflicts: Vec<String>,
+    pub pods: Vec<PodReport>,
+    pub watch_errors: BTreeMap<String, String>,
+    pub cni_errors: Vec<String>,
+}
+
+/// One managed or skipped pod in [`K8sStatus`].
+#[derive(Debug, Serialize)]
+pub struct PodReport {
+    pub pod: String,
+    pub uid: String,
+    pub ruleset: Option<u32>,
+    pub routes: Vec<String>,
+    pub managed: Vec<String>,
+    pub skipped: Vec<(String, String)>,
+    pub failure: Option<String>,
+}
+
+/// Connects to the API server (in-cluster or kubeconfig), loads the pinned dataplane and runs
+/// until `stop` is set.
+pub async fn run(cfg: K8sConfig, stop: Arc<AtomicBool>) -> Result<(), K8sError> {
+    if cfg.node_name.is_empty() {
+        return Err(K8sError::NoNodeName);
+    }
+    let client = Client::try_default().await?;
+    let dp = Dataplane::load_pinned(&cfg.bpffs_root)?;
+    let rec = Reconciler::new(dp)?;
+    run_with(client, cfg, rec, stop).await
+}
+
+/// [`run`] on a new multi-threaded tokio runtime, for a synchronous `main`.
+pub fn run_blocking(cfg: K8sConfig, stop: Arc<AtomicBool>) -> Result<(), K8sError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| K8sError::Task(e.to_string()))?
+        .block_on(run(cfg, stop))
+}
+
+fn now_rfc3339() -> String {
+    let t = k8s_openapi::jiff::Timestamp::now();
+    t.round(k8s_openapi::jiff::Unit::Second)
+        .unwrap_or(t)
+        .to_string()
+}
+
+/// The agent loop with a given client and dataplane (tests use a mock API server and a
+/// dataplane double). Returns when `stop` is set.
+pub async fn run_with<D: NodeDataplane>(
+    client: Client,
+    cfg: K8sConfig,
+    dp: D,
+    stop: Arc<AtomicBool>,
+) -> Result<(), K8sError> {
+    let node = cfg.node_name.clone();
+    let refl = Reflectors::start(client.clone(), &node);
+
+    // Local changes (CNI results, network namespaces) wake the loop too.
+    let changed = refl.changed.clone();
+    let _fs_watcher = watch_dirs(&[&cfg.cni_dir, &cfg.netns_dir], move || {
+        changed.notify_one()
+    });
+
+    tracing::info!(%node, "waiting for the first list of every watched kind");
+    {
+        let ready = refl.wait_ready();
+        let mut ready = std::pin::pin!(ready);
+        loop {
+            tokio::select! {
+                r = &mut ready => { r.map_err(|_| K8sError::ReflectorStopped)?; break; }
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(%node, "caches synced; reconciling");
+
+    let mut agent = Agent {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: CONTROLLER.into(),
+                instance: Some(node.clone()),
+            },
+        ),
+        client,
+        cfg,
+        dp: Some(dp),
+        ruleset_ids: RulesetIds::new(),
+        events: EventMemory::default(),
+        written: BTreeMap::new(),
+        first: true,
+        round: 0,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        agent.round(&refl).await?;
+        tracing::debug!(
+            round = agent.round,
+            ms = started.elapsed().as_millis(),
+            "reconciled"
+        );
+        // Wait for a change (then a quiet time to coalesce bursts), the resync interval, or stop.
+        let deadline = tokio::time::Instant::now() + agent.cfg.resync;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::select! {
+                _ = refl.changed.notified() => {
+                    tokio::time::sleep(agent.cfg.debounce).await;
+                    break;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if tokio::time::Instant::now() >= deadline { break; }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn watch_dirs(
+    dirs: &[&Path],
+    on_change: impl Fn() + Send + Sync + 'static,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok() {
+            on_change();
+        }
+    })
+    .ok()?;
+    for d in dirs {
+        if let Err(e) = w.watch(d, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(path = %d.display(), error = %e, "cannot watch; relying on periodic resync");
+        }
+    }
+    Some(w)
+}
+
+struct Agent<D> {
+    client: Client,
+    recorder: Recorder,
+    cfg: K8sConfig,
+    /// `None` only while a blocking apply runs.
+    dp: Option<D>,
+    ruleset_ids: RulesetIds,
+    events: EventMemory,
+    /// Per Route: the status this node last applied (without transition times) and the status
+    /// the server answered with. When the object still shows that answer and this node would
+    /// apply the same again, it does not: an apiserver that prunes fields (an older CRD
+    /// installed) would otherwise get a patch every round.
+    written: BTreeMap<String, (RouteStatus, Option<RouteStatus>)>,
+    first: bool,
+    round: u64,
+}
+
+impl<D: NodeDataplane> Agent<D> {
+    async fn round(&mut self, refl: &Reflectors) -> Result<(), K8sError> {
+        let started = Instant::now();
+        self.round += 1;
+        let node = self.cfg.node_name.clone();
+        let snap = refl.snapshot();
+        let desired = desired_from_stores(&snap, &node, &self.ruleset_ids);
+        self.ruleset_ids = desired.ruleset_ids.clone();
+        for w in &desired.service_warnings {
+            tracing::warn!(warning = %w, "Service address ignored");
+        }
+
+        let (sandboxes, cni_errors) = cni::scan_dir(&self.cfg.cni_dir);
+        for e in &cni_errors {
+            tracing::debug!(error = %e, "CNI cache file skipped");
+        }
+        let assignment = desired.assign(&sandboxes);
+        let dp = self.dp.as_ref().expect("dataplane present between rounds");
+        let (compiled, mut round_error) = match desired.compile(dp.applied()) {
+            Ok(c) => (Some(c), None),
+            Err(e) => {
+                tracing::error!(error = %e, "Routes cannot be compiled; previous rules stay in force");
+                (None, Some(e.to_string()))
+            }
+        };
+        let mut outcomes: BTreeMap<String, PodOutcome> = BTreeMap::new();
+        if let Some(c) = compiled.clone() {
+            for i in &c.issues {
+                tracing::warn!(issue = %i, "rule not applied as written");
+            }
+            let mut dp = self.dp.take().expect("dataplane present between rounds");
+            let pods = assignment.pods.clone();
+            let first = self.first;
+            let joined = tokio::task::spawn_blocking(move || {
+                let r = dp.apply(c, &pods);
+                if first && r.is_ok() {
+                    dp.remove_orphans();
+                }
+                (dp, r)
+            })
+            .await;
+            let (dp, r) = joined.map_err(|e| K8sError::Task(e.to_string()))?;
+            self.dp = Some(dp);
+            match r {
+                Ok(list) => {
+                    self.first = false;
+                    outcomes = list.into_iter().map(|o| (o.uid.clone(), o)).collect();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "rules not applied; previous state stays in force, retrying next round");
+                    round_error = Some(e.to_string());
+                }
+            }
+        }
+
+        let round = RoundView {
+            node: &node,
+            desired: &desired,
+            assignment: &assignment,
+            compiled: compiled.as_ref(),
+            outcomes: &outcomes,
+            round_error: round_error.as_deref(),
+        };
+        // While a watch is failing the API server is likely unreachable: writing status would
+        // only wait for timeouts. The next healthy round writes it.
+        if !refl.health.degraded() {
+            self.publish_status(&snap.routes, &round).await;
+        }
+
+        if let Some(path) = self.cfg.status_file.clone() {
+            let status = self.report(
+                &refl.health,
+                &desired,
+                &outcomes,
+                round_error,
+                started.elapsed(),
+                cni_errors.iter().map(ToString::to_string).collect(),
+            );
+            write_json(&path, &status);
+        }
+        Ok(())
+    }
+
+    async fn publish_status(&mut self, routes: &[Arc<crd::Route>], round: &RoundView<'_>) {
+        let now = now_rfc3339();
+        let names: BTreeSet<String> = routes.iter().map(|r| r.name_any()).collect();
+        self.events.retain(&names);
+        self.written.retain(|k, _| names.contains(k));
+        for r in routes {
+            let name = r.name_any();
+            let Some(check) = round.desired.checks.get(&name) else {
+                continue;
+            };
+            for (reason, note) in self.events.due(&name, check) {
+                tracing::warn!(route = %name, %reason, %note, "Route problem");
+                let publish = status::publish(&self.recorder, r, reason, note);
+                match tokio::time::timeout(API_TIMEOUT, publish).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(route = %name, error = %e, "cannot publish Event"),
+                    Err(_) => tracing::warn!(route = %name, "publishing an Event timed out"),
+                }
+            }
+            let mine = status::route_status(r, check, round, &now);
+            if !status::needs_patch(r.status.as_ref(), &mine) {
+                continue;
+            }
+            let fingerprint = status::without_times(&mine);
+            if self.written.get(&name) == Some(&(fingerprint.clone(), r.status.clone())) {
+                continue;
+            }
+            let patch = status::patch_status(&self.client, round.node, &name, &mine);
+            let Ok(result) = tokio::time::timeout(API_TIMEOUT, patch).await else {
+                tracing::warn!(route = %name, "writing Route status timed out; retrying next round");
+                continue;
+            };
+            match result {
+                Ok(back) => {
+                    tracing::debug!(route = %name, "status applied");
+                    self.written
+                        .insert(name.clone(), (fingerprint, back.status));
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(route = %name, error = %e, "cannot write Route status; retrying next round")
+                }
+            }
+        }
+    }
+
+    fn report(
+        &self,
+        health: &watch::Health,
+        desired: &Desired,
+        outcomes: &BTreeMap<String, PodOutcome>,
+        round_error: Option<String>,
+        elapsed: Duration,
+        cni_errors: Vec<String>,
+    ) -> K8sStatus {
+        let c: &Compiled = self.dp.as_ref().expect("dataplane present").applied();
+        K8sStatus {
+            mode: "kubernetes",
+            node: self.cfg.node_name.clone(),
+            round: self.round,
+            degraded: health.degraded(),
+            last_round_ms: elapsed.as_millis(),
+            slots: c.slots.iter().map(|(n, s)| (n.to_string(), s)).collect(),
+            rules: c.entries.len(),
+            routes: desired.routes.iter().map(|r| r.name.clone()).collect(),
+            invalid_routes: desired
+                .checks
+                .iter()
+                .filter(|(_, c)| !c.is_valid())
+                .map(|(n, _)| n.clone())
+                .collect(),
+            rulesets: desired
+                .rulesets
+                .iter()
+                .map(|r| (r.id, r.routes.iter().cloned().collect()))
+                .collect(),
+            round_error,
+            issues: c.issues.iter().map(ToString::to_string).collect(),
+            conflicts: c.conflicts.iter().map(ToString::to_string).collect(),
+            pods: desired
+                .pods
+                .iter()
+                .map(|(uid, p)| {
+                    let o = outcomes.get(uid);
+                    PodReport {
+                        pod: p.view.key().to_string(),
+                        uid: uid.clone(),
+                        ruleset: p.ruleset,
+                        routes: p.routes.iter().cloned().collect(),
+                        managed: o.map(|o| o.managed.clone()).unwrap_or_default(),
+                        skipped: o.map(|o| o.skipped.clone()).unwrap_or_default(),
+                        failure: o.and_then(|o| o.failure.clone()),
+                    }
+                })
+                .collect(),
+            watch_errors: health
+                .get()
+                .into_iter()
+                .filter(|(_, h)| h.in_error)
+                .map(|(k, h)| (k.to_string(), h.last_error.unwrap_or_default()))
+                .collect(),
+            cni_errors,
+        }
+    }
+}
+
+fn write_json(path: &Path, value: &impl Serialize) {
+    let tmp = path.with_extension("tmp");
+    let ok = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .transpose()
+        .is_ok()
+        && serde_json::to_vec_pretty(value)
+            .ok()
+            .is_some_and(|b| std::fs::write(&tmp, b).is_ok())
+        && std::fs::rename(&tmp, path).is_ok();
+    if !ok {
+        tracing::warn!(path = %path.display(), "cannot write the status file");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::Resource;
+
+    fn gr<K: Resource<DynamicType = ()>>() -> (String, String) {
+        (K::group(&()).to_string(), K::plural(&()).to_string())
+    }
+
+    #[test]
+    fn api_access_lists_every_watched_kind_with_list_and_watch() {
+        let watched = [
+            gr::<crd::Route>(),
+            gr::<Service>(),
+            gr::<EndpointSlice>(),
+            gr::<Pod>(),
+            gr::<Namespace>(),
+            gr::<ReplicaSet>(),
+            gr::<Job>(),
+        ];
+        for (g, r) in &watched {
+            assert!(allowed(g, r, "list") && allowed(g, r, "watch"), "{g}/{r}");
+        }
+        let lw: BTreeSet<(String, String)> = API_ACCESS
+            .iter()
+            .filter(|a| a.verbs == LIST_WATCH)
+            .map(|a| (a.group.to_string(), a.resource.to_string()))
+            .collect();
+        assert_eq!(lw, watched.into_iter().collect());
+        assert!(allowed("k8s.ovn.org", "routes/status", "patch"));
+        assert!(
+            !allowed("k8s.ovn.org", "routes", "patch"),
+            "never writes specs"
+        );
+        assert!(allowed("events.k8s.io", "events", "create"));
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_seconds() {
+        let t = now_rfc3339();
+        assert!(t.ends_with('Z') && t.len() == 20, "{t}");
+    }
+}
