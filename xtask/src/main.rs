@@ -278,11 +278,21 @@ fn test(no_setup: bool) -> Result<()> {
 
 fn crdgen() -> Result<()> {
     let out = cargo()
-        .args(["run", "--quiet", "--package", "veer-agent", "--bin", "veer-crdgen"])
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "veer-agent",
+            "--bin",
+            "veer-crdgen",
+        ])
         .output()
         .context("running veer-crdgen")?;
     if !out.status.success() {
-        bail!("veer-crdgen failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "veer-crdgen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let path = root().join("manifests/crd.yaml");
     std::fs::write(&path, &out.stdout).with_context(|| format!("writing {}", path.display()))?;
