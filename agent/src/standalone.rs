@@ -17,7 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use notify::{RecursiveMode, Watcher};
+use notify::{
+    EventKind, RecursiveMode, Watcher,
+    event::{AccessKind, AccessMode},
+};
 use serde::Serialize;
 
 use crate::{
@@ -126,7 +129,9 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
     let mut rec = Reconciler::new(dp)?;
     let (tx, rx) = mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
+        // Reads are no change: the agent opens every watched file each round, and the inotify
+        // backend reports opens, so waking up on them would loop forever.
+        if ev.is_ok_and(|ev| !is_read(&ev.kind)) {
             let _ = tx.send(());
         }
     })?;
@@ -231,6 +236,16 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
         }
     }
     Ok(())
+}
+
+/// Whether a watch event only says a file was read (opened, read, closed unmodified).
+fn is_read(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+        )
+    )
 }
 
 fn routes_names(r: &RouteSet) -> Vec<String> {

@@ -1,30 +1,38 @@
-//! A dual-CNI pod made of network namespaces, for end-to-end tests with real traffic.
+//! Dual-CNI pods made of network namespaces, for end-to-end tests with real traffic.
 //!
 //! ```text
-//!            Calico side (MTU 1500)                         servers
-//!  pod:eth0 ───────────── node:cali0   node:tosrv ────── srv:from-node
-//!  10.244.1.5/32          proxy_arp, ee:ee:..    10.255.1.0/30     lo: 172.16.10.7  (steered)
-//!  fd00:244::5/128        fe80::ecee:eeff:feee:eeee                  192.168.2.7  (unsteered)
-//!                                                                    fd00:172:16:10::7
-//!            OVN side (MTU 1400, port security)                      fd00:192:168:2::7
-//!  pod:<second> ───────── gw:ovn0      gw:tosrv ──────── srv:from-ovn
-//!  10.124.2.5/24          10.124.2.1     10.255.2.0/30
-//!  fd00:124::5/64         fd00:124::1
+//!            Calico side (MTU 1500)                           servers (srv, on lo)
+//!  pod<i>:eth0 ─────────── node:cali<i>   node:tosrv ────── srv:from-node
+//!  10.244.1.(5+i)/32       proxy_arp, ee:ee:..    10.255.1.0/30
+//!  fd00:244::(5+i)/128     fe80::ecee:eeff:feee:eeee
+//!                                                          10.86.69.17    fd00:86::45:11
+//!            OVN side (MTU 1400, port security)            10.86.205.109  fd00:86::cd:6d
+//!  pod<i>:<second> ─────── gw:ovn<i> ─ gw:br-ovn           10.124.9.9     fd00:124:9::9
+//!  10.124.2.(5+i)/24       10.124.2.1, fd00:124::1         172.16.10.7    fd00:172:16:10::7
+//!  fd00:124::(5+i)/64      gw:tosrv ──────── srv:from-ovn  172.16.11.7    fd00:172:16:11::7
+//!                          10.255.2.0/30                   192.168.2.7    fd00:192:168:2::7
+//!                                                          198.51.100.7   fd00:198:51:100::7
 //! ```
 //!
-//! - The pod looks like a Calico pod on `eth0` (`default via 169.254.1.1 dev eth0` with
+//! - Each pod looks like a Calico pod on `eth0` (`default via 169.254.1.1 dev eth0` with
 //!   `169.254.1.1 dev eth0 scope link`; IPv6 default via Calico's link-local gateway) and has a
 //!   second interface whose name is a parameter (`eth1`, `net1`, …) on an OVN-like subnet, with
-//!   the OVN cluster routes through its gateway (so discovery finds that gateway) but no default
-//!   route through it. The pod's IPv4 `rp_filter` is strict.
-//! - The node (`node`) proxies ARP on the host-side veth and forwards to the server; the OVN
-//!   gateway (`gw`) forwards too and enforces **port security** on its pod-facing port with an
-//!   nftables `netdev` ingress chain: frames whose source MAC or source IP is not the pod's are
-//!   dropped (and counted in the named counters `bad_mac` and `bad_ip`).
-//! - The server namespace (`srv`) reaches the pod's Calico address only through the node and
-//!   its OVN address only through the gateway, with strict `rp_filter`: a packet with the
-//!   wrong source for the path it came by never reaches a socket. [`Server`]s there answer TCP
-//!   and UDP with the source address they saw and record ICMP echo requests.
+//!   the OVN cluster routes (`10.124.0.0/16`, `fd00:124::/48`) through its gateway (so
+//!   discovery finds that gateway) but no default route through it. Its IPv4 `rp_filter` is
+//!   strict. Pods can be added and removed at any time ([`Topology::add_pod`],
+//!   [`Topology::remove_pod`]); pod `i` has its own addresses and MACs ([`Pod`]).
+//! - The node (`node`) proxies ARP on each host-side veth (`cali<i>`, with a `/32` and a
+//!   `/128` route to the pod) and forwards to the server; the OVN gateway (`gw`) bridges the
+//!   pods' ports (`br-ovn` holds the gateway addresses), forwards too, and enforces **port
+//!   security** on each pod-facing port with an nftables `netdev` ingress chain: frames whose
+//!   source MAC or source IP is not that pod's are dropped (and counted in the named counters
+//!   `bad_mac` and `bad_ip`).
+//! - The server namespace (`srv`) holds the destinations of the seed's route table
+//!   ([`server_addrs`]), reaches the pods' Calico addresses only through the node and their OVN
+//!   addresses only through the gateway, with strict `rp_filter`: a packet with the wrong
+//!   source for the path it came by never reaches a socket. [`Server`]s there answer TCP and
+//!   UDP with the source address they saw and record ICMP echo requests; [`Echo`] servers
+//!   stream bytes back (long-lived and large transfers).
 //!
 //! Every namespace is made with `ip netns add` under a unique name (`veer-t<pid>-<n>-<role>`),
 //! so it has a `/var/run/netns` path like a real pod's; every link is created inside them
@@ -50,19 +58,19 @@ use std::{
 
 use veer_agent::netns::in_netns;
 
-/// The pod's Calico address.
+/// The first pod's Calico address.
 pub const POD4: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
-/// The pod's Calico IPv6 address.
+/// The first pod's Calico IPv6 address.
 pub const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 5);
 /// Calico's IPv4 gateway.
 pub const CALICO_GW4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// Calico's IPv6 gateway (link-local, on the host-side veth).
 pub const CALICO_GW6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
-/// The pod's address on the OVN interface (a /24).
+/// The first pod's address on the OVN interface (a /24).
 pub const OVN4: Ipv4Addr = Ipv4Addr::new(10, 124, 2, 5);
 /// The OVN gateway.
 pub const OVN_GW4: Ipv4Addr = Ipv4Addr::new(10, 124, 2, 1);
-/// The pod's IPv6 address on the OVN interface (a /64).
+/// The first pod's IPv6 address on the OVN interface (a /64).
 pub const OVN6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x124, 0, 0, 0, 0, 0, 5);
 /// The OVN IPv6 gateway.
 pub const OVN_GW6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x124, 0, 0, 0, 0, 0, 1);
@@ -74,16 +82,59 @@ pub const UNSTEERED4: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 7);
 pub const STEERED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x172, 0x16, 0x10, 0, 0, 0, 7);
 /// IPv6 counterpart of [`UNSTEERED4`].
 pub const UNSTEERED6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x192, 0x168, 0x2, 0, 0, 0, 7);
+/// Service `kube-system/nginx1` (the seed's route table sends it by `eth0`).
+pub const SVC_ETH0_4: Ipv4Addr = Ipv4Addr::new(10, 86, 69, 17);
+/// IPv6 cluster IP of `kube-system/nginx1`.
+pub const SVC_ETH0_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x86, 0, 0, 0, 0, 0x45, 0x11);
+/// Service `default/nginx` (the seed's route table sends it by `eth1`).
+pub const SVC_ETH1_4: Ipv4Addr = Ipv4Addr::new(10, 86, 205, 109);
+/// IPv6 cluster IP of `default/nginx`.
+pub const SVC_ETH1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x86, 0, 0, 0, 0, 0xcd, 0x6d);
+/// An address in the OVN pod range `10.124.0.0/16`, off the pod's OVN subnet.
+pub const OVN_RANGE4: Ipv4Addr = Ipv4Addr::new(10, 124, 9, 9);
+/// An address in `fd00:124::/32`, outside the pod's OVN route `fd00:124::/48`.
+pub const OVN_RANGE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x124, 9, 0, 0, 0, 0, 9);
+/// An address in the seed demo's `172.16.11.0/24` (sent by `eth0`).
+pub const CALICO_CIDR4: Ipv4Addr = Ipv4Addr::new(172, 16, 11, 7);
+/// IPv6 counterpart of [`CALICO_CIDR4`].
+pub const CALICO_CIDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x172, 0x16, 0x11, 0, 0, 0, 7);
+/// An address only the default route covers.
+pub const DEFAULT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// IPv6 counterpart of [`DEFAULT4`].
+pub const DEFAULT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x51, 0x100, 0, 0, 0, 7);
+
+/// Every destination address the server namespace holds.
+pub fn server_addrs() -> Vec<IpAddr> {
+    vec![
+        STEERED4.into(),
+        UNSTEERED4.into(),
+        STEERED6.into(),
+        UNSTEERED6.into(),
+        SVC_ETH0_4.into(),
+        SVC_ETH0_6.into(),
+        SVC_ETH1_4.into(),
+        SVC_ETH1_6.into(),
+        OVN_RANGE4.into(),
+        OVN_RANGE6.into(),
+        CALICO_CIDR4.into(),
+        CALICO_CIDR6.into(),
+        DEFAULT4.into(),
+        DEFAULT6.into(),
+    ]
+}
+
 /// The port of the servers (TCP and UDP).
 pub const PORT: u16 = 7007;
 /// The port of the UDP sink on the OVN gateway (port-security checks).
 pub const SINK_PORT: u16 = 7008;
+/// The port of the [`Echo`] servers.
+pub const ECHO_PORT: u16 = 7009;
 
-/// MAC of the pod's `eth0`.
+/// MAC of the first pod's `eth0`.
 pub const POD_ETH0_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0xf4, 0x01, 0x05];
-/// MAC of the pod's OVN interface (the only source MAC port security lets in).
+/// MAC of the first pod's OVN interface (the only source MAC its port security lets in).
 pub const POD_OVN_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0x7c, 0x02, 0x05];
-/// MAC of the OVN gateway's pod-facing port.
+/// MAC of the OVN gateway (its bridge, the pods' next hop).
 pub const OVN_GW_MAC: [u8; 6] = [0x02, 0x00, 0x0a, 0x7c, 0x02, 0x01];
 /// MAC of Calico's host-side veth.
 pub const CALI_MAC: [u8; 6] = [0xee; 6];
@@ -102,6 +153,8 @@ pub struct TopologyOpts {
     pub ovn_mtu: u32,
     /// Start the servers in `srv` and the sink in `gw`.
     pub servers: bool,
+    /// Pods made by [`Topology::build`] (more can be added later).
+    pub pods: usize,
 }
 
 impl Default for TopologyOpts {
@@ -111,6 +164,7 @@ impl Default for TopologyOpts {
             calico_mtu: 1500,
             ovn_mtu: 1400,
             servers: true,
+            pods: 1,
         }
     }
 }
@@ -493,61 +547,396 @@ pub fn send_frame(iface: &str, frame: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// The namespaces and servers of one dual-CNI pod. Everything is removed on drop.
+/// Echo servers running inside a namespace: on each address, a TCP listener whose connections
+/// first get one line with the peer address the server saw, then every byte sent back. One
+/// thread per connection; everything stops and is joined on drop.
+pub struct Echo {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Echo {
+    /// Starts echo listeners on `port` of each of `addrs` inside the namespace at `netns`.
+    pub fn start(netns: &Path, addrs: &[IpAddr], port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (path, addrs) = (netns.to_path_buf(), addrs.to_vec());
+        let (stop2, conns2) = (stop.clone(), conns.clone());
+        let thread = std::thread::spawn(move || {
+            let entered = in_netns(&path, move || {
+                let bind = || -> io::Result<Vec<TcpListener>> {
+                    addrs
+                        .iter()
+                        .map(|a| {
+                            let l = TcpListener::bind(SocketAddr::new(*a, port))?;
+                            l.set_nonblocking(true)?;
+                            Ok(l)
+                        })
+                        .collect()
+                };
+                let listeners = match bind() {
+                    Ok(l) => {
+                        let _ = ready_tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                while !stop2.load(Ordering::Relaxed) {
+                    let mut busy = false;
+                    for l in &listeners {
+                        if let Ok((c, peer)) = l.accept() {
+                            busy = true;
+                            let stop = stop2.clone();
+                            let h = std::thread::spawn(move || echo_conn(c, peer.ip(), &stop));
+                            conns2.lock().unwrap().push(h);
+                        }
+                    }
+                    if !busy {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+            });
+            if let Err(e) = entered {
+                eprintln!("echo thread: {e}");
+            }
+        });
+        let echo = Self {
+            stop,
+            thread: Some(thread),
+            conns,
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => echo,
+            Ok(Err(e)) => panic!("echo server in {}: {e}", netns.display()),
+            Err(e) => panic!("echo server in {} did not start: {e}", netns.display()),
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        for h in self.conns.lock().unwrap().drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn echo_conn(mut c: TcpStream, peer: IpAddr, stop: &AtomicBool) {
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_millis(100)));
+    let _ = c.set_write_timeout(Some(Duration::from_secs(5)));
+    if c.write_all(format!("{peer}\n").as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if c.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// A TCP connection to an [`Echo`] server.
+pub struct EchoStream {
+    pub sock: TcpStream,
+    /// The source address the server saw.
+    pub seen: IpAddr,
+}
+
+impl EchoStream {
+    /// Sends `data` and reads it back; an error if anything else comes back.
+    pub fn roundtrip(&mut self, data: &[u8]) -> io::Result<()> {
+        self.sock.write_all(data)?;
+        let mut back = vec![0u8; data.len()];
+        self.sock.read_exact(&mut back)?;
+        if back != data {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "echo returned different bytes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends `total` bytes of a pattern (from a second thread) while reading the echo, and
+    /// checks every byte that comes back. Bounded by the socket timeouts.
+    pub fn transfer(&mut self, total: usize) -> io::Result<()> {
+        let pattern = |i: usize| (i.wrapping_mul(31) ^ (i >> 10)) as u8;
+        let mut w = self.sock.try_clone()?;
+        let writer = std::thread::spawn(move || -> io::Result<()> {
+            let mut sent = 0;
+            let mut chunk = vec![0u8; 32 * 1024];
+            while sent < total {
+                let n = chunk.len().min(total - sent);
+                for (k, b) in chunk[..n].iter_mut().enumerate() {
+                    *b = pattern(sent + k);
+                }
+                w.write_all(&chunk[..n])?;
+                sent += n;
+            }
+            Ok(())
+        });
+        let mut got = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        let read = (|| -> io::Result<()> {
+            while got < total {
+                let n = self.sock.read(&mut buf[..(total - got).min(64 * 1024)])?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("echo closed after {got} of {total} bytes"),
+                    ));
+                }
+                if let Some(k) = (0..n).find(|&k| buf[k] != pattern(got + k)) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("byte {} differs", got + k),
+                    ));
+                }
+                got += n;
+            }
+            Ok(())
+        })();
+        if read.is_err() {
+            // Unblock the writer.
+            let _ = self.sock.shutdown(std::net::Shutdown::Both);
+        }
+        let wrote = writer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("writer panicked")));
+        read?;
+        wrote
+    }
+}
+
+/// Connects to the [`Echo`] server at `dst`:[`ECHO_PORT`] from the calling thread's namespace.
+pub fn echo_connect(dst: IpAddr) -> io::Result<EchoStream> {
+    let mut sock = TcpStream::connect_timeout(&SocketAddr::new(dst, ECHO_PORT), TIMEOUT)?;
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    sock.set_write_timeout(Some(TIMEOUT))?;
+    sock.set_nodelay(true)?;
+    // The greeting line, byte by byte (nothing else is in flight yet).
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 64 {
+        sock.read_exact(&mut b)?;
+        if b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+    }
+    let seen = parse_reply(&String::from_utf8_lossy(&line))?;
+    Ok(EchoStream { sock, seen })
+}
+
+/// One pod of a [`Topology`]: its namespace and addresses. Pod `i` has the addresses of the
+/// constants with `5 + i` as last byte (pod 0 has exactly [`POD4`], [`OVN4`], …) and MACs made
+/// the same way.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// Index in the topology (never reused).
+    pub index: u8,
+    /// Namespace name (`/var/run/netns/<ns>`).
+    pub ns: String,
+    /// Name of the OVN interface.
+    pub second: String,
+    /// Calico (`eth0`) addresses.
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    /// OVN addresses.
+    pub ovn4: Ipv4Addr,
+    pub ovn6: Ipv6Addr,
+    pub eth0_mac: [u8; 6],
+    pub ovn_mac: [u8; 6],
+}
+
+impl Pod {
+    fn new(index: u8, ns: String, second: &str) -> Self {
+        assert!(index < 200, "at most 200 pods per topology");
+        let h = 5 + index;
+        Self {
+            index,
+            ns,
+            second: second.into(),
+            v4: Ipv4Addr::new(10, 244, 1, h),
+            v6: Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, h.into()),
+            ovn4: Ipv4Addr::new(10, 124, 2, h),
+            ovn6: Ipv6Addr::new(0xfd00, 0x124, 0, 0, 0, 0, 0, h.into()),
+            eth0_mac: [0x02, 0x00, 0x0a, 0xf4, 0x01, h],
+            ovn_mac: [0x02, 0x00, 0x0a, 0x7c, 0x02, h],
+        }
+    }
+
+    /// Path of the pod's namespace (what the agent is given).
+    pub fn path(&self) -> PathBuf {
+        netns_path(&self.ns)
+    }
+
+    /// Runs `f` on a thread inside the pod's namespace (sockets made there stay in it).
+    pub fn in_ns<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        in_netns(&self.path(), f).expect("enter the pod's namespace")
+    }
+
+    /// TCP from the pod to `dst`:[`PORT`]: the source the server saw.
+    pub fn tcp(&self, dst: IpAddr) -> io::Result<IpAddr> {
+        self.in_ns(|| tcp_probe(SocketAddr::new(dst, PORT)))
+    }
+
+    /// UDP from the pod to `dst`:[`PORT`]: the source the server saw.
+    pub fn udp(&self, dst: IpAddr) -> io::Result<IpAddr> {
+        self.in_ns(|| udp_probe(None, SocketAddr::new(dst, PORT)))
+    }
+
+    /// One ping from the pod to `dst` (2 s deadline); whether the reply came.
+    pub fn ping(&self, dst: IpAddr) -> bool {
+        let d = dst.to_string();
+        self.in_ns(|| run("ping", &["-n", "-q", "-c", "1", "-W", "2", &d], None))
+            .is_ok()
+    }
+
+    /// `count` pings `interval` apart from the pod to `dst`: (transmitted, received).
+    pub fn ping_series(&self, dst: IpAddr, count: u32, interval: Duration) -> (u32, u32) {
+        let (d, c, i) = (
+            dst.to_string(),
+            count.to_string(),
+            format!("{:.3}", interval.as_secs_f64()),
+        );
+        let out = self.in_ns(|| {
+            let o = Command::new("ping")
+                .args(["-n", "-q", "-i", &i, "-c", &c, "-W", "1", &d])
+                .output();
+            o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        });
+        let out = out.unwrap_or_else(|e| panic!("cannot run ping: {e}"));
+        // "300 packets transmitted, 300 received, 0% packet loss, time 3050ms"
+        let summary = out
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_default();
+        let num = |word: &str| -> u32 {
+            summary
+                .split(',')
+                .find(|p| p.contains(word))
+                .and_then(|p| p.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        (num("transmitted"), num("received"))
+    }
+
+    /// Connects to the [`Echo`] server at `dst` from the pod.
+    pub fn echo(&self, dst: IpAddr) -> io::Result<EchoStream> {
+        self.in_ns(|| echo_connect(dst))
+    }
+
+    /// The pod's address of `family` on `iface` (`eth0` or the OVN interface).
+    pub fn addr(&self, iface: &str, v6: bool) -> IpAddr {
+        match (iface == "eth0", v6) {
+            (true, false) => self.v4.into(),
+            (true, true) => self.v6.into(),
+            (false, false) => self.ovn4.into(),
+            (false, true) => self.ovn6.into(),
+        }
+    }
+
+    /// The pod interface that owns `src`: the interface a packet with that source left by
+    /// (port security and the servers' strict `rp_filter` admit no other path).
+    pub fn iface_of(&self, src: IpAddr) -> Option<&str> {
+        if src == IpAddr::from(self.v4) || src == IpAddr::from(self.v6) {
+            Some("eth0")
+        } else if src == IpAddr::from(self.ovn4) || src == IpAddr::from(self.ovn6) {
+            Some(&self.second)
+        } else {
+            None
+        }
+    }
+}
+
+/// The node, the OVN gateway, the server namespace and any number of dual-CNI pods. Everything
+/// is removed on drop.
 pub struct Topology {
-    /// Namespace names (for `ip -n`, `ip netns exec`).
+    /// Namespace of the first pod (for `ip -n`, `ip netns exec`); see [`Topology::pods`].
     pub pod: String,
     pub node: String,
     pub gw: String,
     pub srv: String,
     /// How it was built.
     pub opts: TopologyOpts,
-    /// The servers in `srv` (steered and unsteered addresses, both families, with ICMP).
+    /// The live pods, oldest first.
+    pub pods: Vec<Pod>,
+    /// The servers in `srv` (every [`server_addrs`] address, with ICMP).
     pub servers: Option<Server>,
+    /// The echo servers in `srv` (every [`server_addrs`] address, port [`ECHO_PORT`]).
+    pub echo: Option<Echo>,
     /// The UDP sink on the OVN gateway ([`OVN_GW4`]/[`OVN_GW6`] port [`SINK_PORT`]).
     pub sink: Option<Server>,
+    tag: String,
+    next_pod: u8,
     created: Vec<String>,
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Name of the bridge on the OVN gateway that the pods' OVN ports join.
+const OVN_BRIDGE: &str = "br-ovn";
+
 impl Topology {
-    /// Builds the namespaces, links, addresses, routes, port security and (per `opts`) servers.
-    /// Panics on any failure; whatever was made is removed.
+    /// Builds the namespaces, links, addresses, routes, port security, `opts.pods` pods and
+    /// (per `opts`) servers. Panics on any failure; whatever was made is removed.
     pub fn build(opts: TopologyOpts) -> Self {
         remove_stale();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = |role: &str| format!("{PREFIX}{}-{n}-{role}", std::process::id());
+        let tag = format!("{PREFIX}{}-{n}", std::process::id());
+        let name = |role: &str| format!("{tag}-{role}");
         let mut t = Topology {
-            pod: name("pod"),
+            pod: String::new(),
             node: name("node"),
             gw: name("gw"),
             srv: name("srv"),
             opts,
+            pods: Vec::new(),
             servers: None,
+            echo: None,
             sink: None,
+            tag: tag.clone(),
+            next_pod: 0,
             created: Vec::new(),
         };
-        for ns in [t.pod.clone(), t.node.clone(), t.gw.clone(), t.srv.clone()] {
-            must("ip", &["netns", "add", &ns]);
-            t.created.push(ns.clone());
-            ip_in(&ns, &["link", "set", "lo", "up"]);
-            // No duplicate address detection: addresses are usable at once.
-            sysctl(&ns, "net.ipv6.conf.all.accept_dad", "0");
-            sysctl(&ns, "net.ipv6.conf.default.accept_dad", "0");
-            // No router solicitations/advertisements noise.
-            sysctl(&ns, "net.ipv6.conf.default.accept_ra", "0");
+        for ns in [t.node.clone(), t.gw.clone(), t.srv.clone()] {
+            t.add_ns(&ns);
         }
         t.wire();
-        t.port_security();
+        t.port_security_table();
+        for _ in 0..t.opts.pods {
+            t.add_pod();
+        }
+        if let Some(p) = t.pods.first() {
+            t.pod = p.ns.clone();
+        }
         if t.opts.servers {
-            let addrs: Vec<IpAddr> = vec![
-                STEERED4.into(),
-                UNSTEERED4.into(),
-                STEERED6.into(),
-                UNSTEERED6.into(),
-            ];
+            let addrs = server_addrs();
             t.servers = Some(Server::start(&netns_path(&t.srv), &addrs, PORT, true));
+            t.echo = Some(Echo::start(&netns_path(&t.srv), &addrs, ECHO_PORT));
             t.sink = Some(Server::start(
                 &netns_path(&t.gw),
                 &[OVN_GW4.into(), OVN_GW6.into()],
@@ -558,26 +947,63 @@ impl Topology {
         t
     }
 
+    fn add_ns(&mut self, ns: &str) {
+        must("ip", &["netns", "add", ns]);
+        self.created.push(ns.to_string());
+        ip_in(ns, &["link", "set", "lo", "up"]);
+        // No duplicate address detection: addresses are usable at once.
+        sysctl(ns, "net.ipv6.conf.all.accept_dad", "0");
+        sysctl(ns, "net.ipv6.conf.default.accept_dad", "0");
+        // No router solicitations/advertisements noise.
+        sysctl(ns, "net.ipv6.conf.default.accept_ra", "0");
+    }
+
+    /// The first pod.
+    pub fn pod0(&self) -> &Pod {
+        self.pods.first().expect("the topology has a pod")
+    }
+
+    /// Adds a pod (a new namespace wired to the node and the OVN gateway, with its own port
+    /// security) and returns it.
+    pub fn add_pod(&mut self) -> Pod {
+        let index = self.next_pod;
+        self.next_pod += 1;
+        let p = Pod::new(index, format!("{}-pod{index}", self.tag), &self.opts.second);
+        self.add_ns(&p.ns);
+        self.wire_pod(&p);
+        self.pods.push(p.clone());
+        p
+    }
+
+    /// Deletes pod `index`'s namespace (its links go with it) and its port security chain.
+    pub fn remove_pod(&mut self, index: u8) {
+        let Some(at) = self.pods.iter().position(|p| p.index == index) else {
+            return;
+        };
+        let p = self.pods.remove(at);
+        let _ = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.gw,
+                "nft",
+                "delete",
+                "chain",
+                "netdev",
+                "veer_portsec",
+                &format!("port{index}"),
+            ],
+            None,
+        );
+        must("ip", &["netns", "del", &p.ns]);
+        self.created.retain(|n| *n != p.ns);
+    }
+
     fn wire(&self) {
-        let (pod, node, gw, srv) = (&self.pod, &self.node, &self.gw, &self.srv);
-        let second = self.opts.second.as_str();
-        let cmtu = self.opts.calico_mtu.to_string();
+        let (node, gw, srv) = (&self.node, &self.gw, &self.srv);
         let omtu = self.opts.ovn_mtu.to_string();
 
-        // Links, each created inside a test namespace with its peer in another one.
-        ip_in(
-            node,
-            &[
-                "link", "add", "name", "cali0", "type", "veth", "peer", "name", "eth0", "netns",
-                pod,
-            ],
-        );
-        ip_in(
-            gw,
-            &[
-                "link", "add", "name", "ovn0", "type", "veth", "peer", "name", second, "netns", pod,
-            ],
-        );
         ip_in(
             node,
             &[
@@ -602,6 +1028,138 @@ impl Topology {
             ],
         );
 
+        // The Calico node: one `cali<i>` per pod (see `wire_pod`), the server behind `tosrv`.
+        ip_in(node, &["link", "set", "tosrv", "up"]);
+        ip_in(node, &["addr", "add", "10.255.1.1/30", "dev", "tosrv"]);
+        ip_in(
+            node,
+            &["addr", "add", "fd00:ff:1::1/64", "dev", "tosrv", "nodad"],
+        );
+        ip_in(node, &["route", "add", "default", "via", "10.255.1.2"]);
+        ip_in(
+            node,
+            &["-6", "route", "add", "default", "via", "fd00:ff:1::2"],
+        );
+        sysctl(node, "net.ipv4.ip_forward", "1");
+        sysctl(node, "net.ipv6.conf.all.forwarding", "1");
+
+        // The OVN gateway: the pods' ports join a bridge holding the subnet's gateway address.
+        ip_in(
+            gw,
+            &[
+                "link",
+                "add",
+                OVN_BRIDGE,
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        );
+        ip_in(
+            gw,
+            &[
+                "link",
+                "set",
+                OVN_BRIDGE,
+                "address",
+                &mac_str(&OVN_GW_MAC),
+                "mtu",
+                &omtu,
+                "up",
+            ],
+        );
+        ip_in(
+            gw,
+            &["addr", "add", &format!("{OVN_GW4}/24"), "dev", OVN_BRIDGE],
+        );
+        ip_in(
+            gw,
+            &[
+                "addr",
+                "add",
+                &format!("{OVN_GW6}/64"),
+                "dev",
+                OVN_BRIDGE,
+                "nodad",
+            ],
+        );
+        ip_in(gw, &["link", "set", "tosrv", "up"]);
+        ip_in(gw, &["addr", "add", "10.255.2.1/30", "dev", "tosrv"]);
+        ip_in(
+            gw,
+            &["addr", "add", "fd00:ff:2::1/64", "dev", "tosrv", "nodad"],
+        );
+        ip_in(gw, &["route", "add", "default", "via", "10.255.2.2"]);
+        ip_in(
+            gw,
+            &["-6", "route", "add", "default", "via", "fd00:ff:2::2"],
+        );
+        sysctl(gw, "net.ipv4.ip_forward", "1");
+        sysctl(gw, "net.ipv6.conf.all.forwarding", "1");
+
+        // The servers: reachable from the Calico pod addresses only through the node, from the
+        // OVN addresses only through the gateway.
+        for a in server_addrs() {
+            let plen = if a.is_ipv4() { 32 } else { 128 };
+            ip_in(srv, &["addr", "add", &format!("{a}/{plen}"), "dev", "lo"]);
+        }
+        ip_in(srv, &["link", "set", "from-node", "up"]);
+        ip_in(srv, &["link", "set", "from-ovn", "up"]);
+        ip_in(srv, &["addr", "add", "10.255.1.2/30", "dev", "from-node"]);
+        ip_in(
+            srv,
+            &[
+                "addr",
+                "add",
+                "fd00:ff:1::2/64",
+                "dev",
+                "from-node",
+                "nodad",
+            ],
+        );
+        ip_in(srv, &["addr", "add", "10.255.2.2/30", "dev", "from-ovn"]);
+        ip_in(
+            srv,
+            &["addr", "add", "fd00:ff:2::2/64", "dev", "from-ovn", "nodad"],
+        );
+        ip_in(srv, &["route", "add", "10.244.0.0/16", "via", "10.255.1.1"]);
+        ip_in(
+            srv,
+            &["-6", "route", "add", "fd00:244::/32", "via", "fd00:ff:1::1"],
+        );
+        ip_in(srv, &["route", "add", "10.124.0.0/16", "via", "10.255.2.1"]);
+        ip_in(
+            srv,
+            &["-6", "route", "add", "fd00:124::/32", "via", "fd00:ff:2::1"],
+        );
+        sysctl(srv, "net.ipv4.conf.all.rp_filter", "1");
+        sysctl(srv, "net.ipv4.conf.default.rp_filter", "1");
+    }
+
+    fn wire_pod(&self, p: &Pod) {
+        let (node, gw) = (&self.node, &self.gw);
+        let pod = p.ns.as_str();
+        let second = p.second.as_str();
+        let cmtu = self.opts.calico_mtu.to_string();
+        let omtu = self.opts.ovn_mtu.to_string();
+        let cali = format!("cali{}", p.index);
+        let port = format!("ovn{}", p.index);
+
+        // Links, each created inside a test namespace with its peer in another one.
+        ip_in(
+            node,
+            &[
+                "link", "add", "name", &cali, "type", "veth", "peer", "name", "eth0", "netns", pod,
+            ],
+        );
+        ip_in(
+            gw,
+            &[
+                "link", "add", "name", &port, "type", "veth", "peer", "name", second, "netns", pod,
+            ],
+        );
+
         // The pod.
         ip_in(
             pod,
@@ -610,7 +1168,7 @@ impl Topology {
                 "set",
                 "eth0",
                 "address",
-                &mac_str(&POD_ETH0_MAC),
+                &mac_str(&p.eth0_mac),
                 "mtu",
                 &cmtu,
                 "up",
@@ -623,28 +1181,41 @@ impl Topology {
                 "set",
                 second,
                 "address",
-                &mac_str(&POD_OVN_MAC),
+                &mac_str(&p.ovn_mac),
                 "mtu",
                 &omtu,
                 "up",
             ],
         );
-        ip_in(pod, &["addr", "add", &format!("{POD4}/32"), "dev", "eth0"]);
+        ip_in(
+            pod,
+            &["addr", "add", &format!("{}/32", p.v4), "dev", "eth0"],
+        );
         ip_in(
             pod,
             &[
                 "addr",
                 "add",
-                &format!("{POD6}/128"),
+                &format!("{}/128", p.v6),
                 "dev",
                 "eth0",
                 "nodad",
             ],
         );
-        ip_in(pod, &["addr", "add", &format!("{OVN4}/24"), "dev", second]);
         ip_in(
             pod,
-            &["addr", "add", &format!("{OVN6}/64"), "dev", second, "nodad"],
+            &["addr", "add", &format!("{}/24", p.ovn4), "dev", second],
+        );
+        ip_in(
+            pod,
+            &[
+                "addr",
+                "add",
+                &format!("{}/64", p.ovn6),
+                "dev",
+                second,
+                "nodad",
+            ],
         );
         ip_in(
             pod,
@@ -713,13 +1284,13 @@ impl Topology {
         sysctl(pod, "net.ipv4.conf.all.rp_filter", "1");
         sysctl(pod, "net.ipv4.conf.default.rp_filter", "1");
 
-        // The Calico node.
+        // The node's side: proxy ARP, Calico's link-local IPv6 gateway, host routes.
         ip_in(
             node,
             &[
                 "link",
                 "set",
-                "cali0",
+                &cali,
                 "address",
                 &mac_str(&CALI_MAC),
                 "mtu",
@@ -733,130 +1304,51 @@ impl Topology {
                 "add",
                 &format!("{CALICO_GW6}/64"),
                 "dev",
-                "cali0",
+                &cali,
                 "nodad",
             ],
         );
-        ip_in(node, &["link", "set", "cali0", "up"]);
-        ip_in(node, &["link", "set", "tosrv", "up"]);
-        ip_in(node, &["addr", "add", "10.255.1.1/30", "dev", "tosrv"]);
+        ip_in(node, &["link", "set", &cali, "up"]);
         ip_in(
             node,
-            &["addr", "add", "fd00:ff:1::1/64", "dev", "tosrv", "nodad"],
+            &["route", "add", &format!("{}/32", p.v4), "dev", &cali],
         );
         ip_in(
             node,
-            &["route", "add", &format!("{POD4}/32"), "dev", "cali0"],
+            &["-6", "route", "add", &format!("{}/128", p.v6), "dev", &cali],
         );
-        ip_in(
-            node,
-            &["-6", "route", "add", &format!("{POD6}/128"), "dev", "cali0"],
-        );
-        ip_in(node, &["route", "add", "default", "via", "10.255.1.2"]);
-        ip_in(
-            node,
-            &["-6", "route", "add", "default", "via", "fd00:ff:1::2"],
-        );
-        sysctl(node, "net.ipv4.ip_forward", "1");
-        sysctl(node, "net.ipv6.conf.all.forwarding", "1");
-        sysctl(node, "net.ipv4.conf.cali0.proxy_arp", "1");
+        sysctl(node, &format!("net.ipv4.conf.{cali}.proxy_arp"), "1");
         // Answer proxied ARP at once (the default delays it by up to 0.8 s).
-        sysctl(node, "net.ipv4.neigh.cali0.proxy_delay", "0");
+        sysctl(node, &format!("net.ipv4.neigh.{cali}.proxy_delay"), "0");
 
-        // The OVN gateway.
+        // The gateway's side: a bridge port with port security.
         ip_in(
             gw,
             &[
-                "link",
-                "set",
-                "ovn0",
-                "address",
-                &mac_str(&OVN_GW_MAC),
-                "mtu",
-                &omtu,
-                "up",
+                "link", "set", &port, "mtu", &omtu, "master", OVN_BRIDGE, "up",
             ],
         );
-        ip_in(
-            gw,
-            &["addr", "add", &format!("{OVN_GW4}/24"), "dev", "ovn0"],
-        );
-        ip_in(
-            gw,
-            &[
-                "addr",
-                "add",
-                &format!("{OVN_GW6}/64"),
-                "dev",
-                "ovn0",
-                "nodad",
-            ],
-        );
-        ip_in(gw, &["link", "set", "tosrv", "up"]);
-        ip_in(gw, &["addr", "add", "10.255.2.1/30", "dev", "tosrv"]);
-        ip_in(
-            gw,
-            &["addr", "add", "fd00:ff:2::1/64", "dev", "tosrv", "nodad"],
-        );
-        ip_in(gw, &["route", "add", "default", "via", "10.255.2.2"]);
-        ip_in(
-            gw,
-            &["-6", "route", "add", "default", "via", "fd00:ff:2::2"],
-        );
-        sysctl(gw, "net.ipv4.ip_forward", "1");
-        sysctl(gw, "net.ipv6.conf.all.forwarding", "1");
-
-        // The servers: reachable from the Calico pod address only through the node, from the
-        // OVN address only through the gateway.
-        for a in [
-            format!("{STEERED4}/32"),
-            format!("{UNSTEERED4}/32"),
-            format!("{STEERED6}/128"),
-            format!("{UNSTEERED6}/128"),
-        ] {
-            ip_in(srv, &["addr", "add", &a, "dev", "lo"]);
-        }
-        ip_in(srv, &["link", "set", "from-node", "up"]);
-        ip_in(srv, &["link", "set", "from-ovn", "up"]);
-        ip_in(srv, &["addr", "add", "10.255.1.2/30", "dev", "from-node"]);
-        ip_in(
-            srv,
-            &[
-                "addr",
-                "add",
-                "fd00:ff:1::2/64",
-                "dev",
-                "from-node",
-                "nodad",
-            ],
-        );
-        ip_in(srv, &["addr", "add", "10.255.2.2/30", "dev", "from-ovn"]);
-        ip_in(
-            srv,
-            &["addr", "add", "fd00:ff:2::2/64", "dev", "from-ovn", "nodad"],
-        );
-        ip_in(srv, &["route", "add", "10.244.0.0/16", "via", "10.255.1.1"]);
-        ip_in(
-            srv,
-            &["-6", "route", "add", "fd00:244::/32", "via", "fd00:ff:1::1"],
-        );
-        ip_in(srv, &["route", "add", "10.124.0.0/16", "via", "10.255.2.1"]);
-        ip_in(
-            srv,
-            &["-6", "route", "add", "fd00:124::/32", "via", "fd00:ff:2::1"],
-        );
-        sysctl(srv, "net.ipv4.conf.all.rp_filter", "1");
-        sysctl(srv, "net.ipv4.conf.default.rp_filter", "1");
+        self.port_security(p, &port);
     }
 
-    /// OVN-style port security on the gateway's pod-facing port.
-    fn port_security(&self) {
+    /// The table of the port security chains, with the counters they share.
+    fn port_security_table(&self) {
+        let rules = "table netdev veer_portsec {\n  counter bad_mac { }\n  counter bad_ip { }\n}\n";
+        run(
+            "ip",
+            &["netns", "exec", &self.gw, "nft", "-f", "-"],
+            Some(rules),
+        )
+        .unwrap_or_else(|e| panic!("port security (is nftables installed?): {e}"));
+    }
+
+    /// OVN-style port security on the gateway's port of pod `p`: frames whose source MAC or
+    /// source IP is not the pod's are dropped (counted in `bad_mac`, `bad_ip`).
+    fn port_security(&self, p: &Pod, port: &str) {
         let rules = format!(
             r#"table netdev veer_portsec {{
-  counter bad_mac {{ }}
-  counter bad_ip {{ }}
-  chain ingress {{
-    type filter hook ingress device "ovn0" priority 0; policy drop;
+  chain port{index} {{
+    type filter hook ingress device "{port}" priority 0; policy drop;
     ether saddr != {mac} counter name "bad_mac" drop
     arp saddr ip {v4} accept
     ip saddr {v4} accept
@@ -865,9 +1357,10 @@ impl Topology {
   }}
 }}
 "#,
-            mac = mac_str(&POD_OVN_MAC),
-            v4 = OVN4,
-            v6 = OVN6,
+            index = p.index,
+            mac = mac_str(&p.ovn_mac),
+            v4 = p.ovn4,
+            v6 = p.ovn6,
         );
         run(
             "ip",
@@ -900,31 +1393,29 @@ impl Topology {
             .unwrap_or_else(|| panic!("no packet count in {out:?}"))
     }
 
-    /// Path of the pod's namespace (what the agent is given).
+    /// Path of the first pod's namespace (what the agent is given).
     pub fn pod_path(&self) -> PathBuf {
-        netns_path(&self.pod)
+        self.pod0().path()
     }
 
-    /// Runs `f` on a thread inside the pod's namespace.
+    /// Runs `f` on a thread inside the first pod's namespace.
     pub fn in_pod<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        in_netns(&self.pod_path(), f).expect("enter the pod's namespace")
+        self.pod0().in_ns(f)
     }
 
-    /// TCP from the pod to `dst`:[`PORT`]: the source the server saw.
+    /// TCP from the first pod to `dst`:[`PORT`]: the source the server saw.
     pub fn tcp(&self, dst: IpAddr) -> io::Result<IpAddr> {
-        self.in_pod(|| tcp_probe(SocketAddr::new(dst, PORT)))
+        self.pod0().tcp(dst)
     }
 
-    /// UDP from the pod to `dst`:[`PORT`]: the source the server saw.
+    /// UDP from the first pod to `dst`:[`PORT`]: the source the server saw.
     pub fn udp(&self, dst: IpAddr) -> io::Result<IpAddr> {
-        self.in_pod(|| udp_probe(None, SocketAddr::new(dst, PORT)))
+        self.pod0().udp(dst)
     }
 
-    /// One ping from the pod to `dst` (2 s deadline); whether the reply came.
+    /// One ping from the first pod to `dst` (2 s deadline); whether the reply came.
     pub fn ping(&self, dst: IpAddr) -> bool {
-        let d = dst.to_string();
-        self.in_pod(|| run("ping", &["-n", "-q", "-c", "1", "-W", "2", &d], None))
-            .is_ok()
+        self.pod0().ping(dst)
     }
 
     /// Sources of the echo requests the servers saw (waiting up to 0.5 s for the first one: the
@@ -959,6 +1450,7 @@ impl Drop for Topology {
     fn drop(&mut self) {
         // Threads inside a namespace keep it alive: stop them first.
         self.servers.take();
+        self.echo.take();
         self.sink.take();
         for ns in self.created.drain(..).rev() {
             if let Err(e) = run("ip", &["netns", "del", &ns], None) {

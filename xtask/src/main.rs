@@ -4,7 +4,7 @@
 //! - `build-ebpf` build the eBPF object (BTF kept)
 //! - `build`      eBPF object + agent
 //! - `test`       every test layer (setup first); under `CI=true` nothing may be skipped
-//! - `demo`       the main job: veer steering the seed's example in its own namespaces
+//! - `demo`       the main job: veer steering the seed's example in its own namespaces (root)
 //! - `bench`      benchmarks (`--quick` is the smoke test the suite runs)
 
 mod setup;
@@ -51,6 +51,17 @@ enum Cmd {
     },
     /// Regenerate manifests/crd.yaml from the Rust types (`agent/src/k8s/crd.rs`).
     Crdgen,
+    /// The main job (root): the seed's example route table steered by the real agent in
+    /// namespaces of its own, printed as a table before and after moving the default route.
+    /// Runs setup, builds the eBPF object and `veer`, runs `veer-demo`.
+    Demo {
+        /// Do not run setup first.
+        #[arg(long)]
+        no_setup: bool,
+        /// Name of the pod's OVN interface (never assumed; `eth1` as in the seed).
+        #[arg(long, default_value = "eth1")]
+        second: String,
+    },
     /// Benchmarks (root). The full run regenerates docs/benchmarks.md; `--quick` is a smoke run
     /// of the harness (the test suite runs it) and writes only target/bench/.
     Bench {
@@ -266,9 +277,16 @@ fn test(no_setup: bool) -> Result<()> {
         ])
         .args(["--", "--test-threads=2"]))?;
 
+    eprintln!("== building the agent binary for the end-to-end layers");
+    build_agent_bin()?;
     eprintln!("== layer: netns end-to-end (root)");
     run(cargo()
         .args(["test", "--package", "veer-tests", "--test", "netns"])
+        .args(["--", "--test-threads=1"]))?;
+    eprintln!("== layer: agent end-to-end, the real `veer` binary (root)");
+    run(cargo()
+        .args(["test", "--package", "veer-tests", "--test", "e2e"])
+        .env("VEER_BIN", agent_bin())
         .args(["--", "--test-threads=1"]))?;
     eprintln!("== layer: benchmark harness smoke run (bench --quick)");
     bench(true)?;
@@ -298,6 +316,43 @@ fn crdgen() -> Result<()> {
     std::fs::write(&path, &out.stdout).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// The target directory of the host workspace (`CARGO_TARGET_DIR` honoured).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { root().join(p) })
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// Path of the debug `veer` binary that [`build_agent_bin`] builds.
+fn agent_bin() -> PathBuf {
+    target_dir().join("debug/veer")
+}
+
+/// Builds the `veer` binary the end-to-end tests and the demo run (the eBPF object it embeds
+/// must be built already).
+fn build_agent_bin() -> Result<()> {
+    run(cargo().args(["build", "--package", "veer-agent", "--bin", "veer"]))
+}
+
+fn demo(no_setup: bool, second: &str) -> Result<()> {
+    if !setup::is_root() {
+        bail!(
+            "the demo attaches eBPF programs inside network namespaces it creates: run \
+             `sudo cargo xtask demo` (or `sudo -E` to keep your toolchain)"
+        );
+    }
+    if !no_setup {
+        setup::setup()?;
+    }
+    build_ebpf(true)?;
+    build_agent_bin()?;
+    run(cargo().args(["build", "--package", "veer-tests", "--bin", "veer-demo"]))?;
+    run(Command::new(target_dir().join("debug/veer-demo"))
+        .args(["--second", second])
+        .env("VEER_BIN", agent_bin()))
 }
 
 fn bench(quick: bool) -> Result<()> {
@@ -372,6 +427,7 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf { release } => build_ebpf(release),
         Cmd::Build { release } => build(release),
         Cmd::Test { no_setup } => test(no_setup),
+        Cmd::Demo { no_setup, second } => demo(no_setup, &second),
         Cmd::Bench { quick } => bench(quick),
         Cmd::Crdgen => crdgen(),
     }
