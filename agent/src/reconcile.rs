@@ -9,6 +9,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -90,6 +91,8 @@ pub struct Reconciler {
     applied: Compiled,
     /// True until the first rule apply, which diffs against the live maps (restart adoption).
     first: bool,
+    /// Removed rules kept as tombstones (value as written) until no flow they pinned is left.
+    tombstones: BTreeMap<(u32, IpNet), RuleValue>,
     pods: BTreeMap<PathBuf, PodState>,
     pub failures: Vec<PodFailure>,
 }
@@ -113,6 +116,7 @@ impl Reconciler {
             maps,
             applied: Compiled::default(),
             first: true,
+            tombstones: BTreeMap::new(),
             pods: BTreeMap::new(),
             failures: Vec::new(),
         })
@@ -192,6 +196,89 @@ impl Reconciler {
         }
     }
 
+    /// Replaces a removed rule by its tombstone: it steers nothing new, but keeps the flows it
+    /// pinned visible to the egress program (which consults the flow table only for covered
+    /// destinations) until they end.
+    fn bury(&mut self, ruleset: u32, dst: IpNet, v: RuleValue) -> Result<(), ReconcileError> {
+        let tomb = RuleValue {
+            flags: v.flags | veer_common::RULE_F_TOMBSTONE,
+            ..v
+        };
+        self.upsert_rule(ruleset, dst, tomb)?;
+        self.tombstones.insert((ruleset, dst), tomb);
+        Ok(())
+    }
+
+    /// Deletes the tombstones no live flow needs any more, and with them the flow entries that
+    /// have idled out (the datapath removes those lazily, on their next packet). Costs one pass
+    /// over the flow table, only while tombstones exist.
+    fn sweep_tombstones(&mut self) -> Result<(), ReconcileError> {
+        if self.tombstones.is_empty() {
+            return Ok(());
+        }
+        let cfg = self
+            .maps
+            .config
+            .get(&0, 0)
+            .ok()
+            .filter(|c| c.other_timeout_s != 0)
+            .unwrap_or(veer_common::Config::DEFAULT);
+        let now = monotonic_coarse_ns();
+        let mut live: Vec<(u32, IpAddr)> = Vec::new();
+        let mut dead: Vec<FlowKey> = Vec::new();
+        for (k, v) in self.maps.flows.iter().filter_map(Result::ok) {
+            if k.dir != veer_common::DIR_OUT || v.kind != veer_common::FLOW_STEER {
+                continue;
+            }
+            let timeout_s = match v.state {
+                veer_common::ST_SYN => cfg.tcp_syn_timeout_s,
+                veer_common::ST_EST => cfg.tcp_est_timeout_s,
+                veer_common::ST_CLOSING => cfg.tcp_close_timeout_s,
+                _ => cfg.other_timeout_s,
+            };
+            // One second of slack: the datapath refreshes `last_seen_ns` at most once a second.
+            if now.saturating_sub(v.last_seen_ns) > (u64::from(timeout_s) + 1) * 1_000_000_000 {
+                dead.push(k);
+                continue;
+            }
+            let daddr = if k.family == veer_common::FAMILY_V4 {
+                IpAddr::from(<[u8; 4]>::try_from(&k.daddr[..4]).expect("4 bytes"))
+            } else {
+                IpAddr::from(k.daddr)
+            };
+            live.push((v.rule_id, daddr));
+        }
+        for k in dead {
+            if let Ok(v) = self.maps.flows.get(&k, 0) {
+                let rev = FlowKey {
+                    saddr: k.daddr,
+                    daddr: v.addr,
+                    sport: k.dport,
+                    dport: k.sport,
+                    dir: veer_common::DIR_IN,
+                    ..k
+                };
+                let _ = self.maps.flows.remove(&rev);
+            }
+            let _ = self.maps.flows.remove(&k);
+        }
+        let done: Vec<(u32, IpNet)> = self
+            .tombstones
+            .iter()
+            .filter(|((_, dst), t)| {
+                !live
+                    .iter()
+                    .any(|(id, a)| *id == t.rule_id && dst.contains(a))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for (rs, dst) in done {
+            self.delete_rule(rs, dst)?;
+            self.tombstones.remove(&(rs, dst));
+        }
+        Ok(())
+    }
+
     fn reset_counter(&mut self, id: u32) -> Result<(), ReconcileError> {
         let cpus =
             aya::util::nr_cpus().map_err(|(_, source)| ReconcileError::Cpus { id, source })?;
@@ -218,9 +305,11 @@ impl Reconciler {
                     self.upsert_rule(rs, dst, e.value)?;
                 }
             }
-            for &(rs, dst) in live.keys() {
+            // Entries the desired state no longer has (removed while no agent ran, or
+            // tombstones a previous agent left) become tombstones: their flows may be pinned.
+            for (&(rs, dst), v) in &live {
                 if !new.entries.contains_key(&(rs, dst)) {
-                    self.delete_rule(rs, dst)?;
+                    self.bury(rs, dst, *v)?;
                 }
             }
             slots_changed = true;
@@ -232,12 +321,20 @@ impl Reconciler {
             }
             for (rs, dst, v) in d.upsert {
                 self.upsert_rule(rs, dst, v)?;
+                self.tombstones.remove(&(rs, dst));
             }
             for (rs, dst) in d.delete {
-                self.delete_rule(rs, dst)?;
+                match self.applied.entries.get(&(rs, dst)) {
+                    Some(old) => {
+                        let v = old.value;
+                        self.bury(rs, dst, v)?;
+                    }
+                    None => self.delete_rule(rs, dst)?,
+                }
             }
             slots_changed = d.slots_changed;
         }
+        self.sweep_tombstones()?;
         self.applied = new;
         if slots_changed {
             // Interface names gained or lost a slot: every pod's slot table changes (rare).
@@ -522,6 +619,17 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`.
+fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A pod interface's addresses as flow-key bytes (IPv4 in the first four).

@@ -16,6 +16,10 @@ pub const FAMILY_V6: u8 = 6;
 
 /// [`RuleValue::flags`]: `via` holds an explicit next hop.
 pub const RULE_F_VIA: u16 = 1;
+/// [`RuleValue::flags`]: a removed rule kept only so the flows it pinned are still found (the
+/// egress program looks at the flow table only for destinations some entry covers). Steers no
+/// new flow; the agent deletes it once no flow pinned by its rule is left.
+pub const RULE_F_TOMBSTONE: u16 = 2;
 
 /// Data part of an IPv4 rule key. The trie key is `{ prefix_len: u32 (host order), data }`;
 /// `prefix_len` counts the 32 ruleset bits too, so `10.0.0.0/8` in ruleset 3 has

@@ -8,8 +8,9 @@ use aya_ebpf::{
 };
 use veer_common::{
     Config, DIR_IN, DIR_OUT, FAMILY_V4, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER, FlowKey, FlowValue,
-    IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, MAX_SLOTS, RULE_F_VIA,
-    RULESET_BITS, Rule4Key, Rule6Key, RuleValue, ST_CLOSING, ST_EST, ST_NONE, ST_SYN, stats,
+    IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, MAX_SLOTS,
+    RULE_F_TOMBSTONE, RULE_F_VIA, RULESET_BITS, Rule4Key, Rule6Key, RuleValue, ST_CLOSING, ST_EST,
+    ST_NONE, ST_SYN, stats,
 };
 
 use crate::{
@@ -205,6 +206,19 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
     if is_icmp && p.sport == 0 {
         return Ok(Verdict::pass(stats::PASS_OTHER_PROTO));
     }
+    // SAFETY: reading a field of the program's own context.
+    let ifindex = unsafe { (*skb(ctx)).ifindex };
+    // A frame leaving a pod interface carries that interface's MAC as its source.
+    let Some(me) = iface(ifindex, src_mac) else {
+        return Ok(Verdict::pass(stats::PASS_UNMANAGED));
+    };
+    // No trie entry covers the destination: nothing of ours can apply (every pinned flow's
+    // destination stays covered by its rule, or by the rule's tombstone, while the flow lives),
+    // so the common case costs two lookups and no flow-table access.
+    let Some(rule) = lookup_rule(me.ruleset, p.family, &p.daddr) else {
+        return Ok(Verdict::pass(stats::PASS_NO_RULE));
+    };
+
     let now = now_ns();
     let key = flow_key(&p, DIR_OUT);
 
@@ -233,15 +247,9 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
         count(stats::FLOW_EXPIRED);
     }
 
-    // SAFETY: reading a field of the program's own context.
-    let ifindex = unsafe { (*skb(ctx)).ifindex };
-    // A frame leaving a pod interface carries that interface's MAC as its source.
-    let Some(me) = iface(ifindex, src_mac) else {
-        return Ok(Verdict::pass(stats::PASS_UNMANAGED));
-    };
-    let Some(rule) = lookup_rule(me.ruleset, p.family, &p.daddr) else {
+    if rule.flags & RULE_F_TOMBSTONE != 0 {
         return Ok(Verdict::pass(stats::PASS_NO_RULE));
-    };
+    }
     let slot = rule.slot as usize;
     if slot as u32 == me.slot {
         return Ok(Verdict::pass(stats::PASS_RULE_LOCAL));

@@ -221,7 +221,24 @@ impl Harness {
         .expect("insert rule");
     }
 
-    /// Removes the rule for exactly `dst`.
+    /// Removes a rule as the agent does: its entry stays as a tombstone (`RULE_F_TOMBSTONE`)
+    /// so the flows it pinned are still found, but it steers no new flow.
+    pub fn bury(&mut self, dst: &str, slot: u32, rule_id: u32) {
+        let net: IpNet = dst.parse().expect("CIDR");
+        let v = RuleValue {
+            rule_id,
+            slot: slot as u16,
+            flags: veer_common::RULE_F_TOMBSTONE,
+            via: [0; 16],
+        };
+        match net {
+            IpNet::V4(n) => self.maps.rules4.insert(&rule4_key(RULESET, n), v, 0),
+            IpNet::V6(n) => self.maps.rules6.insert(&rule6_key(RULESET, n), v, 0),
+        }
+        .expect("insert tombstone");
+    }
+
+    /// Removes the entry for exactly `dst`.
     pub fn unrule(&mut self, dst: &str) {
         match dst.parse::<IpNet>().expect("CIDR") {
             IpNet::V4(n) => self.maps.rules4.remove(&rule4_key(RULESET, n)),

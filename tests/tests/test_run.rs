@@ -598,8 +598,9 @@ fn rule_change_applies_to_new_flows_only_established_flows_keep_their_path() {
         assert_eq!((r.ret, &r.out), (TC_ACT_OK, &old_flow));
         assert!(Harness::delta(&before, &h.stats()).contains(&("pass_tcp_unpinned", 1)));
 
-        // The rule goes away: the steered connection keeps going through eth1.
-        h.unrule("172.16.10.0/24");
+        // The rule goes away (the agent leaves a tombstone): the steered connection keeps going
+        // through eth1.
+        h.bury("172.16.10.0/24", 1, 1);
         let r = h.egress(h.eth0.ifindex, &tcp_frame(pod, srv, 40010, 80, ACK, &[]));
         assert_eq!(
             r.ret, TC_ACT_REDIRECT,
@@ -611,10 +612,19 @@ fn rule_change_applies_to_new_flows_only_established_flows_keep_their_path() {
             .map(|(_, v)| v.state)
             .collect();
         assert_eq!(st, vec![ST_EST], "first ACK establishes the flow");
-        // A new connection to the same server now stays on eth0.
+        // A new connection to the same server now stays on eth0: a tombstone steers nothing new.
         let n = tcp_frame(pod, srv, 40012, 80, SYN, &[]);
+        let before = h.stats();
         let r = h.egress(h.eth0.ifindex, &n);
         assert_eq!((r.ret, &r.out), (TC_ACT_OK, &n));
+        assert!(Harness::delta(&before, &h.stats()).contains(&("pass_no_rule", 1)));
+        // Once the tombstone is gone too, the destination is simply not ours.
+        h.unrule("172.16.10.0/24");
+        let r = h.egress(h.eth0.ifindex, &tcp_frame(pod, srv, 40010, 80, ACK, &[]));
+        assert_eq!(
+            r.ret, TC_ACT_OK,
+            "uncovered destination: the flow table is not consulted"
+        );
     });
 }
 
@@ -638,7 +648,7 @@ fn closed_flows_idle_out_and_are_decided_again() {
             .map(|(_, v)| v.state)
             .collect();
         assert_eq!(st, vec![ST_CLOSING]);
-        h.unrule("172.16.10.0/24");
+        h.bury("172.16.10.0/24", 1, 1);
         std::thread::sleep(Duration::from_millis(2300));
         let before = h.stats();
         let last_ack = tcp_frame(pod, srv, 40020, 80, ACK, &[]);
