@@ -9,11 +9,13 @@
 //! - [`netns`]: running code inside a network namespace on a dedicated thread.
 
 pub mod attach;
+pub mod cli;
 pub mod config;
 pub mod dataplane;
 pub mod k8s;
 pub mod lpm;
 pub mod maps;
+pub mod metrics;
 pub mod netns;
 pub mod podnet;
 pub mod reconcile;

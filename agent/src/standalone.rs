@@ -8,6 +8,7 @@
 //! files still apply.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -24,8 +25,10 @@ use notify::{
 use serde::Serialize;
 
 use crate::{
+    cli::index::{self as rule_index, RuleIndex},
     config::{Compiled, RouteSet, ServiceIndex, cni, compile_all_pods, load, services},
     dataplane::{Dataplane, DataplaneError},
+    metrics::Metrics,
     reconcile::{PodFailure, PodState, ReconcileError, Reconciler},
 };
 
@@ -46,6 +49,8 @@ pub struct StandaloneConfig {
     pub status_file: Option<PathBuf>,
     /// Full resync interval.
     pub resync: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (see [`crate::metrics`]).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Errors that stop the agent (everything else is reported and retried).
@@ -76,6 +81,8 @@ pub struct Status<'a> {
     pub pods: Vec<&'a PodState>,
     pub pod_failures: &'a [PodFailure],
     pub cni_errors: Vec<String>,
+    /// The rule index beside this file (provenance of every trie entry, read by the CLI).
+    pub rule_index: Option<PathBuf>,
 }
 
 fn load_routes(set: &mut RouteSet, path: &Path) -> Vec<String> {
@@ -125,6 +132,18 @@ fn load_services(path: Option<&Path>, errors: &mut Vec<String>) -> ServiceIndex 
 /// Runs until `stop` is set. Returns only on a fatal error or stop; the datapath (pinned maps
 /// and links) keeps working after the agent exits.
 pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), StandaloneError> {
+    // Metrics are not worth stopping the agent for: a bind failure is logged (and `/healthz`
+    // probes then fail visibly).
+    let metrics = cfg.metrics.and_then(|addr| {
+        let m = Metrics::new(&cfg.bpffs_root);
+        match m.serve(addr) {
+            Ok(_) => Some(m),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot serve metrics; continuing without them");
+                None
+            }
+        }
+    });
     let dp = Dataplane::load_pinned(&cfg.bpffs_root)?;
     let mut rec = Reconciler::new(dp)?;
     let (tx, rx) = mpsc::channel::<()>();
@@ -163,6 +182,8 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
     let mut routes = RouteSet::new();
     let mut round = 0u64;
     let mut first = true;
+    let mut stale_pending = true;
+    let mut applied_index: Option<Arc<RuleIndex>> = None;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         round += 1;
@@ -192,16 +213,49 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
             }
         }
         let (sandboxes, cni_errors) = cni::scan_dir(&cfg.cni_dir);
+        let before: std::collections::BTreeSet<PathBuf> =
+            rec.pods().map(|p| p.netns.clone()).collect();
         rec.sync_pods(&sandboxes);
         if first {
             rec.remove_orphans();
             first = false;
         }
+        // Maps a layout migration moved aside are dropped once every pod runs the new programs
+        // (a pod that failed keeps the old map alive through its programs until it is retried).
+        if stale_pending && rec.failures.is_empty() {
+            remove_stale_pins(&cfg.bpffs_root);
+            stale_pending = false;
+        }
         let elapsed = started.elapsed();
+        let new_index = RuleIndex::from_compiled(rec.applied());
+        let index_changed = applied_index.as_deref() != Some(&new_index);
+        if index_changed {
+            applied_index = Some(Arc::new(new_index));
+        }
+        let rules = applied_index.as_ref().expect("set above");
+        if let Some(m) = &metrics {
+            let managed: std::collections::BTreeSet<&Path> =
+                rec.pods().map(|p| p.netns.as_path()).collect();
+            for s in &sandboxes {
+                if !before.contains(&s.netns) && managed.contains(s.netns.as_path()) {
+                    m.observe_attached(&s.file);
+                }
+            }
+            m.observe_round(elapsed, managed.len());
+            m.source_errors("routes", load_errors.len());
+            m.source_errors("services", svc_errors.len());
+            m.source_errors("cni", cni_errors.len());
+            m.source_errors("compile", usize::from(compile_error.is_some()));
+            if index_changed {
+                m.set_rule_index(rules.clone());
+            }
+            m.set_ready();
+        }
         if let Some(path) = &cfg.status_file {
             write_status(
                 path,
                 &rec,
+                (rules, index_changed),
                 round,
                 elapsed,
                 load_errors.into_iter().chain(svc_errors).collect(),
@@ -238,6 +292,19 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
     Ok(())
 }
 
+/// Removes the `<NAME>.stale` pins of a layout migration (what [`Dataplane::remove_stale`]
+/// does; the reconciler owns the dataplane).
+fn remove_stale_pins(root: &Path) {
+    for want in crate::dataplane::layouts() {
+        let stale = root
+            .join(veer_common::paths::MAPS_DIR)
+            .join(format!("{}.stale", want.name));
+        if std::fs::remove_file(&stale).is_ok() {
+            tracing::info!(pin = %stale.display(), "old map of a layout migration removed");
+        }
+    }
+}
+
 /// Whether a watch event only says a file was read (opened, read, closed unmodified).
 fn is_read(kind: &EventKind) -> bool {
     matches!(
@@ -256,6 +323,7 @@ fn routes_names(r: &RouteSet) -> Vec<String> {
 fn write_status(
     path: &Path,
     rec: &Reconciler,
+    (index, index_changed): (&RuleIndex, bool),
     round: u64,
     elapsed: Duration,
     load_errors: Vec<String>,
@@ -279,7 +347,21 @@ fn write_status(
         pods: rec.pods().collect(),
         pod_failures: &rec.failures,
         cni_errors,
+        rule_index: None,
     };
+    // The index first, so the status file never names an index older than itself.
+    let index_path = rule_index::path_for_status(path);
+    let mut status = status;
+    if !index_changed && index_path.exists() {
+        status.rule_index = Some(index_path);
+    } else {
+        match index.write_atomic(&index_path) {
+            Ok(()) => status.rule_index = Some(index_path),
+            Err(e) => {
+                tracing::warn!(path = %index_path.display(), error = %e, "cannot write the rule index")
+            }
+        }
+    }
     let tmp = path.with_extension("tmp");
     let ok = path
         .parent()

@@ -274,6 +274,8 @@ fn test(no_setup: bool) -> Result<()> {
             "lpm_property",
             "--test",
             "debug_log",
+            "--test",
+            "cli",
         ])
         .args(["--", "--test-threads=2"]))?;
 
