@@ -168,11 +168,19 @@ fn daemonset_mounts_and_capabilities() {
     let ds = one::<DaemonSet>("DaemonSet");
     let pod = ds.spec.template.spec.unwrap();
     assert_ne!(pod.host_pid, Some(true));
-    let volumes: BTreeMap<String, String> = pod
-        .volumes
-        .unwrap()
-        .into_iter()
-        .map(|v| (v.name, v.host_path.expect("hostPath volumes only").path))
+    let all_volumes = pod.volumes.unwrap();
+    // The only non-host volume: a small in-memory emptyDir for the status file and rule index
+    // (the root filesystem is read-only).
+    let scratch: Vec<_> = all_volumes
+        .iter()
+        .filter(|v| v.host_path.is_none())
+        .collect();
+    assert_eq!(scratch.len(), 1, "one emptyDir besides the host paths");
+    let run = scratch[0].empty_dir.as_ref().expect("an emptyDir");
+    assert_eq!(run.medium.as_deref(), Some("Memory"));
+    let volumes: BTreeMap<String, String> = all_volumes
+        .iter()
+        .filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?.path.clone())))
         .collect();
     let c = pod
         .containers
@@ -200,7 +208,10 @@ fn daemonset_mounts_and_capabilities() {
     // The CNI result cache is only read.
     assert_eq!(host("/var/lib/cni/results"), "/var/lib/cni/results");
     assert_eq!(mounts["/var/lib/cni/results"].read_only, Some(true));
-    assert_eq!(mounts.len(), 3, "no other host paths: {:?}", mounts.keys());
+    // The status directory lives in the emptyDir, writable.
+    assert_eq!(mounts["/run/veer"].name, scratch[0].name);
+    assert_ne!(mounts["/run/veer"].read_only, Some(true));
+    assert_eq!(mounts.len(), 4, "no other mounts: {:?}", mounts.keys());
 
     let sc = c.security_context.clone().unwrap();
     assert_ne!(
