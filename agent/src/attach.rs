@@ -12,6 +12,7 @@
 use std::{
     ffi::CString,
     fs, io,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
 
@@ -109,7 +110,15 @@ pub fn attach_pod(
         };
         if let Some(root) = &root {
             let dir = pod_link_dir(root, cookie);
-            fs::create_dir_all(&dir).map_err(|source| AttachError::Dir { path: dir, source })?;
+            fs::create_dir_all(&dir).map_err(|source| AttachError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+            // Only root may reach the pins (like the maps directory).
+            for d in [root.join(paths::LINKS_DIR), dir] {
+                fs::set_permissions(&d, fs::Permissions::from_mode(0o700))
+                    .map_err(|source| AttachError::Dir { path: d, source })?;
+            }
         }
         for iface in ifaces {
             let ifindex = if_index(iface).ok_or_else(|| AttachError::NoSuchInterface {

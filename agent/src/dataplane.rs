@@ -4,7 +4,7 @@
 //! is reused, its type, key size, value size, capacity and flags are compared with what this
 //! build expects; aya 0.14 would otherwise reuse a map of another layout silently. A mismatched
 //! pin (a layout change without a version bump, or a capacity change) is moved aside as
-//! `<NAME>.stale` and a fresh map takes its place; programs still attached keep using the old
+//! `<NAME>_stale` ([`paths::STALE_SUFFIX`]) and a fresh map takes its place; programs still attached keep using the old
 //! map until they are re-attached, after which [`Dataplane::remove_stale`] drops it.
 //!
 //! # Debug events
@@ -298,6 +298,26 @@ impl AsRawFd for DebugLog {
     }
 }
 
+/// Where a mismatched pin of map `name` is moved aside.
+pub fn stale_pin(maps_dir: &Path, name: &str) -> PathBuf {
+    maps_dir.join(format!("{name}{}", paths::STALE_SUFFIX))
+}
+
+/// Removes the pins a layout migration moved aside under `root` (call once every pod runs the
+/// new programs: until then old programs may still use those maps). Returns how many.
+pub fn remove_stale_pins(root: &Path) -> usize {
+    let maps_dir = root.join(paths::MAPS_DIR);
+    let mut n = 0;
+    for want in layouts() {
+        let stale = stale_pin(&maps_dir, want.name);
+        if fs::remove_file(&stale).is_ok() {
+            tracing::info!(pin = %stale.display(), "old map of a layout migration removed");
+            n += 1;
+        }
+    }
+    n
+}
+
 /// The loaded object: programs and maps.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -350,7 +370,7 @@ impl Dataplane {
                     source,
                 })?;
                 if let Some(why) = layout_mismatch(&info, &want) {
-                    let stale = maps_dir.join(format!("{}.stale", want.name));
+                    let stale = stale_pin(&maps_dir, want.name);
                     tracing::warn!(map = want.name, %why, "pinned map has another layout; replacing it");
                     let _ = fs::remove_file(&stale);
                     fs::rename(&pin, &stale).map_err(|source| DataplaneError::Dir {
@@ -399,12 +419,7 @@ impl Dataplane {
     /// Removes maps moved aside by a layout migration.
     pub fn remove_stale(&self) {
         if let Some(root) = &self.root {
-            for want in layouts() {
-                let _ = fs::remove_file(
-                    root.join(paths::MAPS_DIR)
-                        .join(format!("{}.stale", want.name)),
-                );
-            }
+            remove_stale_pins(root);
         }
     }
 

@@ -31,6 +31,15 @@ use crate::{
 pub enum ReconcileError {
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error(
+        "{family} rules need {wanted} trie entries (with tombstones of removed rules), the trie \
+         holds {capacity}: nothing applied, the previous rules stay in force"
+    )]
+    Capacity {
+        family: &'static str,
+        wanted: usize,
+        capacity: u32,
+    },
     #[error("counting CPUs to reset the counters of rule {id}")]
     Cpus {
         id: u32,
@@ -196,6 +205,28 @@ impl Reconciler {
         }
     }
 
+    /// Refuses a compilation the tries cannot hold, before writing anything: entries of `new`,
+    /// plus the tombstones that removed entries would leave, per family.
+    fn check_capacity(&self, new: &Compiled) -> Result<(), ReconcileError> {
+        let mut keys: BTreeSet<(u32, IpNet)> = new.entries.keys().copied().collect();
+        keys.extend(self.tombstones.keys().copied());
+        keys.extend(self.applied.entries.keys().copied());
+        for (family, v6) in [("IPv4", false), ("IPv6", true)] {
+            let wanted = keys
+                .iter()
+                .filter(|(_, d)| matches!(d, IpNet::V6(_)) == v6)
+                .count();
+            if wanted > veer_common::maps::RULES_MAX as usize {
+                return Err(ReconcileError::Capacity {
+                    family,
+                    wanted,
+                    capacity: veer_common::maps::RULES_MAX,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Replaces a removed rule by its tombstone: it steers nothing new, but keeps the flows it
     /// pinned visible to the egress program (which consults the flow table only for covered
     /// destinations) until they end.
@@ -297,6 +328,7 @@ impl Reconciler {
     /// live maps (adopting what a previous agent left, without removing anything briefly);
     /// later calls write only the difference from the previous compilation.
     pub fn apply_rules(&mut self, new: Compiled) -> Result<(), ReconcileError> {
+        self.check_capacity(&new)?;
         let slots_changed;
         if self.first {
             let live = self.live_rules()?;

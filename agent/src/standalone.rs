@@ -205,7 +205,10 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
                 for c in &c.conflicts {
                     tracing::warn!(conflict = %c, "conflicting rules");
                 }
-                rec.apply_rules(c)?;
+                if let Err(e) = rec.apply_rules(c) {
+                    tracing::error!(error = %e, "rules not applied; previous rules stay in force");
+                    compile_error = Some(e.to_string());
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "Routes cannot be compiled; previous rules stay in force");
@@ -223,7 +226,7 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
         // Maps a layout migration moved aside are dropped once every pod runs the new programs
         // (a pod that failed keeps the old map alive through its programs until it is retried).
         if stale_pending && rec.failures.is_empty() {
-            remove_stale_pins(&cfg.bpffs_root);
+            crate::dataplane::remove_stale_pins(&cfg.bpffs_root);
             stale_pending = false;
         }
         let elapsed = started.elapsed();
@@ -290,19 +293,6 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
         }
     }
     Ok(())
-}
-
-/// Removes the `<NAME>.stale` pins of a layout migration (what [`Dataplane::remove_stale`]
-/// does; the reconciler owns the dataplane).
-fn remove_stale_pins(root: &Path) {
-    for want in crate::dataplane::layouts() {
-        let stale = root
-            .join(veer_common::paths::MAPS_DIR)
-            .join(format!("{}.stale", want.name));
-        if std::fs::remove_file(&stale).is_ok() {
-            tracing::info!(pin = %stale.display(), "old map of a layout migration removed");
-        }
-    }
 }
 
 /// Whether a watch event only says a file was read (opened, read, closed unmodified).

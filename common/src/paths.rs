@@ -15,6 +15,9 @@ pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/veer";
 pub const MAPS_DIR: &str = "maps";
 /// Sub-directory of the root holding the pinned links, one directory per pod netns cookie.
 pub const LINKS_DIR: &str = "links";
+/// Suffix of a map pin moved aside by a layout migration (`<MAP NAME>_stale`; bpffs refuses
+/// names containing a dot).
+pub const STALE_SUFFIX: &str = "_stale";
 /// Suffix of an egress link pin.
 pub const EGRESS_SUFFIX: &str = "egress";
 /// Suffix of an ingress link pin.

@@ -48,6 +48,9 @@ enum Cmd {
         /// Do not run setup first.
         #[arg(long)]
         no_setup: bool,
+        /// Run the long versions of the reliability scenarios (`VEER_SOAK=1`; CI does not).
+        #[arg(long)]
+        soak: bool,
     },
     /// Regenerate manifests/crd.yaml from the Rust types (`agent/src/k8s/crd.rs`).
     Crdgen,
@@ -195,7 +198,7 @@ fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-fn test(no_setup: bool) -> Result<()> {
+fn test(no_setup: bool, soak: bool) -> Result<()> {
     if !no_setup {
         setup::setup()?;
     }
@@ -289,6 +292,16 @@ fn test(no_setup: bool) -> Result<()> {
     run(cargo()
         .args(["test", "--package", "veer-tests", "--test", "e2e"])
         .env("VEER_BIN", agent_bin())
+        .args(["--", "--test-threads=1"]))?;
+    eprintln!(
+        "== layer: reliability scenarios and frame fuzzing (root{})",
+        if soak { ", soak" } else { "" }
+    );
+    run(cargo()
+        .args(["test", "--package", "veer-tests"])
+        .args(["--test", "reliability", "--test", "frames_fuzz"])
+        .env("VEER_BIN", agent_bin())
+        .env("VEER_SOAK", if soak { "1" } else { "0" })
         .args(["--", "--test-threads=1"]))?;
     eprintln!("== layer: benchmark harness smoke run (bench --quick)");
     bench(true)?;
@@ -428,7 +441,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::setup(),
         Cmd::BuildEbpf { release } => build_ebpf(release),
         Cmd::Build { release } => build(release),
-        Cmd::Test { no_setup } => test(no_setup),
+        Cmd::Test { no_setup, soak } => test(no_setup, soak),
         Cmd::Demo { no_setup, second } => demo(no_setup, &second),
         Cmd::Bench { quick } => bench(quick),
         Cmd::Crdgen => crdgen(),
