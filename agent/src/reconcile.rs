@@ -26,6 +26,9 @@ use crate::{
     podnet::{self, IfaceFacts, PodnetError, SlotTargets},
 };
 
+/// The slot of an interface no rule names (`IfaceInfo::slot`): nothing is steered to it.
+pub const NO_SLOT: u32 = u32::MAX;
+
 /// Errors of applying desired state to the maps.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -72,8 +75,8 @@ pub struct PodState {
     pub netns: PathBuf,
     pub cookie: u64,
     pub ruleset: u32,
-    /// Managed interfaces: name, ifindex, slot.
-    pub ifaces: Vec<(String, u32, u16)>,
+    /// Managed interfaces: name, ifindex, slot (none when no rule names the interface).
+    pub ifaces: Vec<(String, u32, Option<u16>)>,
     pub skipped: Vec<Skip>,
     #[serde(skip)]
     facts: Vec<IfaceFacts>,
@@ -468,15 +471,18 @@ impl Reconciler {
             p.facts = podnet::discover(&p.netns)?;
         }
         let slots: &SlotTable = &self.applied.slots;
-        let mut managed: Vec<(&IfaceFacts, u16)> = Vec::new();
+        // Every Ethernet interface gets the programs: a packet must be seen where the kernel
+        // routes it (usually eth0, which rules need not name) to be steered elsewhere.
+        // Interfaces no rule names have no slot (`NO_SLOT`): nothing steers *to* them.
+        let mut managed: Vec<(&IfaceFacts, u32)> = Vec::new();
         p.skipped.clear();
-        for (name, slot) in slots.iter() {
+        for (name, _) in slots.iter() {
             match podnet::find(&p.facts, name) {
                 Some(f) if !f.is_ether => p.skipped.push(Skip {
                     iface: name.into(),
                     reason: "not an Ethernet interface".into(),
                 }),
-                Some(f) => managed.push((f, slot)),
+                Some(_) => {}
                 None => p.skipped.push(Skip {
                     iface: name.into(),
                     reason: format!(
@@ -484,6 +490,10 @@ impl Reconciler {
                     ),
                 }),
             }
+        }
+        for f in p.facts.iter().filter(|f| f.is_ether) {
+            let slot = slots.get(&f.name).map_or(NO_SLOT, u32::from);
+            managed.push((f, slot));
         }
         // Attach only to interfaces not attached yet (the same ifindex keeps its links).
         let attached: BTreeSet<u32> = p
@@ -508,7 +518,9 @@ impl Reconciler {
         };
         let mut targets = SlotTargets::default();
         for (f, slot) in &managed {
-            targets.set(*slot, f);
+            if let Ok(slot) = u16::try_from(*slot) {
+                targets.set(slot, f);
+            }
         }
         let keys: Vec<IfaceKey> = managed.iter().map(|(f, _)| podnet::iface_key(f)).collect();
         // Entries of interfaces no longer managed (or whose MAC changed) go first.
@@ -518,7 +530,7 @@ impl Reconciler {
             }
         }
         for (f, slot) in &managed {
-            let info = podnet::iface_info(f, cookie, p.ruleset, u32::from(*slot), &targets);
+            let info = podnet::iface_info(f, cookie, p.ruleset, *slot, &targets);
             self.maps
                 .ifaces
                 .insert(podnet::iface_key(f), info, 0)
@@ -537,7 +549,7 @@ impl Reconciler {
         );
         for e in self.applied.entries.values() {
             if e.value.flags & veer_common::RULE_F_VIA != 0
-                && let Some((f, _)) = managed.iter().find(|(_, s)| *s == e.value.slot)
+                && let Some((f, _)) = managed.iter().find(|(_, s)| *s == u32::from(e.value.slot))
             {
                 let via = match e.dst {
                     IpNet::V4(_) => std::net::IpAddr::from(
@@ -563,7 +575,7 @@ impl Reconciler {
         p.keys = keys;
         p.ifaces = managed
             .iter()
-            .map(|(f, s)| (f.name.clone(), f.ifindex, *s))
+            .map(|(f, s)| (f.name.clone(), f.ifindex, u16::try_from(*s).ok()))
             .collect();
         if p.ifaces.is_empty() {
             p.skipped.push(Skip {

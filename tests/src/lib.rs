@@ -8,6 +8,7 @@
 //! - [`agent`]: the real `veer` agent binary run on files written by the test.
 
 pub mod agent;
+pub mod bench;
 pub mod harness;
 pub mod ns;
 pub mod packet;

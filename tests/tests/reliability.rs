@@ -553,10 +553,10 @@ fn upgrade_with_a_changed_map_layout_migrates_make_before_break_and_drops_old_pi
     let deadline = Instant::now() + agent::AGENT_TIMEOUT;
     while env.agent.running()
         && Instant::now() < deadline
-        && !env
+        && env
             .agent
             .status()
-            .is_some_and(|s| Agent::pod_status(&s, &pod.path()).is_some())
+            .is_none_or(|s| Agent::pod_status(&s, &pod.path()).is_none())
     {
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -660,7 +660,11 @@ fn rule_flapping_keeps_established_connections_and_ends_in_the_desired_state() {
     }
     let took = t.elapsed();
     // flaps is even: the last write moved the rule to eth1.
-    let last = if flaps % 2 == 0 { "eth1" } else { "eth0" };
+    let last = if flaps.is_multiple_of(2) {
+        "eth1"
+    } else {
+        "eth0"
+    };
     wait_applied(&env.agent, &desired(last));
     let rounds = env.agent.round() - start_round;
     std::thread::sleep(Duration::from_millis(200));
