@@ -69,6 +69,24 @@ pub struct IfaceFacts {
     pub is_ether: bool,
     /// Administratively up (`IFF_UP`) and running (`IFF_RUNNING`: carrier, peer up).
     pub up: bool,
+    /// Subnets of the interface's addresses (address, prefix length): what is on-link.
+    pub connected: Vec<(IpAddr, u8)>,
+}
+
+impl IfaceFacts {
+    /// Whether `via` can be a next hop on this interface: one of its gateways, or inside one of
+    /// its subnets.
+    pub fn reaches(&self, via: IpAddr) -> bool {
+        let is_gw = match via {
+            IpAddr::V4(v) => self.gw4 == Some(v),
+            IpAddr::V6(v) => self.gw6 == Some(v),
+        };
+        is_gw
+            || self
+                .connected
+                .iter()
+                .any(|(a, len)| ipnet::IpNet::new(*a, *len).is_ok_and(|n| n.trunc().contains(&via)))
+    }
 }
 
 /// Errors of discovery. Each names the namespace it was about.
@@ -598,6 +616,11 @@ pub fn assemble(links: &[LinkRec], addrs: &[AddrRec], routes: &[RouteRec]) -> Ve
             }),
             is_ether: l.is_ether,
             up: l.up,
+            connected: addrs
+                .iter()
+                .filter(|a| a.index == l.index)
+                .map(|a| (a.addr, a.prefix_len))
+                .collect(),
         })
         .collect();
     out.sort_by_key(|f| f.ifindex);
@@ -923,7 +946,10 @@ mod tests {
             gw6: None,
             is_ether: true,
             up: true,
+            connected: vec![("fd00::9".parse().unwrap(), 64)],
         };
+        assert!(bare.reaches("fd00::1".parse().unwrap()), "on-link");
+        assert!(!bare.reaches("fd01::1".parse().unwrap()), "elsewhere");
         let i = iface_info(&bare, 1, 1, 3, &SlotTargets::default());
         assert_eq!(i.flags, IFACE_F_V6);
         assert_eq!((i.addr4, i.gw4, i.gw6), ([0; 4], [0; 4], [0; 16]));

@@ -557,6 +557,17 @@ impl Reconciler {
                     ),
                     IpNet::V6(_) => std::net::IpAddr::from(e.value.via),
                 };
+                if !f.reaches(via) {
+                    p.skipped.push(Skip {
+                        iface: f.name.clone(),
+                        reason: format!(
+                            "{}: via {via} is not reachable on {} (neither its gateway nor in its \
+                             subnets): steered packets for {} would not be delivered",
+                            e.from, f.name, e.dst
+                        ),
+                    });
+                    tracing::warn!(pod = %format!("{}/{}", p.namespace, p.name), iface = %f.name, %via, rule = %e.from, "via not reachable on the rule's interface");
+                }
                 if !hops.iter().any(|(n, a)| *n == f.name && *a == via) {
                     hops.push((f.name.clone(), via));
                 }
