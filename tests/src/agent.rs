@@ -16,7 +16,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     io::Write,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -520,6 +520,7 @@ pub struct Agent {
     bin: PathBuf,
     child: Option<Child>,
     pods: u32,
+    metrics_address: Option<SocketAddr>,
 }
 
 impl Default for Agent {
@@ -554,10 +555,18 @@ impl Agent {
             bin: veer_bin(),
             child: None,
             pods: 0,
+            metrics_address: None,
         };
         a.write_routes("[]\n");
         a.write_services("apiVersion: v1\nkind: List\nitems: []\n");
         a
+    }
+
+    /// Makes [`start`](Self::start) pass `--metrics-address <addr>` (otherwise the agent's
+    /// default address is used).
+    pub fn with_metrics_address(mut self, addr: SocketAddr) -> Self {
+        self.metrics_address = Some(addr);
+        self
     }
 
     /// Replaces `path` atomically (write a hidden file, rename), as an editor or a ConfigMap
@@ -642,8 +651,11 @@ impl Agent {
             .arg("/var/run/netns")
             .arg("--status-file")
             .arg(&self.status_file)
-            .args(["--resync-secs", "1"])
-            .env("RUST_LOG", "info")
+            .args(["--resync-secs", "1"]);
+        if let Some(addr) = self.metrics_address {
+            cmd.arg("--metrics-address").arg(addr.to_string());
+        }
+        cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err);

@@ -290,7 +290,15 @@ fn test(no_setup: bool, soak: bool) -> Result<()> {
         .args(["--", "--test-threads=1"]))?;
     eprintln!("== layer: agent end-to-end, the real `veer` binary (root)");
     run(cargo()
-        .args(["test", "--package", "veer-tests", "--test", "e2e"])
+        .args([
+            "test",
+            "--package",
+            "veer-tests",
+            "--test",
+            "e2e",
+            "--test",
+            "e2e_cli",
+        ])
         .env("VEER_BIN", agent_bin())
         .args(["--", "--test-threads=1"]))?;
     eprintln!(

@@ -370,9 +370,10 @@ fn section_a(rows: &[Row], quick: bool) -> Section {
          rules are random prefixes (IPv4 /16–/32 across unicast space, IPv6 /32–/128 in \
          fd00::/8), all in one ruleset. \"over empty\" is the cost veer adds to the cheapest \
          possible classifier measured in the same rounds.\n\n\
-         - `miss`: destination matches no rule (flow lookup, interface lookup, LPM lookup).\n\
-         - `steered_hit`: packet of a pinned steered flow (flow lookup, source rewrite with \
-         checksums, redirect).\n\
+         - `miss`: destination matches no rule (interface lookup, LPM lookup; the flow table \
+         is not consulted).\n\
+         - `steered_hit`: packet of a pinned steered flow (interface and LPM lookups, flow \
+         lookup, source rewrite with checksums, redirect).\n\
          - `reply_revnat`: reply of that flow on the target interface (destination restore, \
          re-delivery).\n\
          - `_x64`: 64 repetitions of the same packet per run (less timer overhead, cache-hot).\n",
@@ -451,7 +452,7 @@ fn section_a(rows: &[Row], quick: bool) -> Section {
                 &format!("{fam} miss ≤ empty + 15 ns at 1k prefixes"),
                 format!("{over:+.0} ns{x64}"),
                 over <= 15.0,
-                "not profiled; a miss does three map lookups (flow LRU hash, interface hash, LPM walk of the ruleset) over 256 different packets, on 2 vCPUs shared with builds",
+                "not profiled; a miss does two map lookups (interface hash, LPM walk of the ruleset) plus parsing, over 256 different packets",
             ));
         }
         if let Some(m) = find(fam, 1_000, "steered_hit") {

@@ -1,0 +1,473 @@
+//! End-to-end checks that the operator-facing views of the real `veer` agent — `veer maps -o
+//! json`, `veer trace -o json` and the Prometheus `/metrics` endpoint — agree with what real
+//! traffic did in the seed topology (the same fixtures and route table as `e2e.rs`: one
+//! dual-CNI pod whose OVN interface is `eth1`, servers that report the source address they saw).
+//! Root only; everything is removed afterwards, also when a test fails.
+//!
+//! Build the agent first: `cargo build -p veer-agent --bin veer` (`cargo xtask test` does).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+use veer_tests::{
+    agent::{self, Agent, Json, route_cr, services_list, veer_bin},
+    privileged::require_root,
+    topology::{
+        CALICO_CIDR4, CALICO_CIDR6, DEFAULT4, DEFAULT6, OVN_RANGE4, OVN_RANGE6, Pod, STEERED4,
+        STEERED6, SVC_ETH0_4, SVC_ETH0_6, SVC_ETH1_4, SVC_ETH1_6, Topology, TopologyOpts,
+        UNSTEERED4, UNSTEERED6,
+    },
+};
+
+const SECOND: &str = "eth1";
+
+/// The seed's route table as Routes (as in `e2e.rs`, with `eth1` as the OVN interface).
+fn routes_yaml() -> String {
+    let s = SECOND;
+    let demo = route_cr(
+        "demo",
+        &[("172.16.10.0/24", s), ("172.16.11.0/24", "eth0")],
+        &[
+            ("default", "nginx", s),
+            ("kube-system", "nginx1", "eth0"),
+            ("kube-system", "nginx2", "eth0"),
+        ],
+    );
+    let table = route_cr(
+        "seed-table",
+        &[
+            ("10.124.0.0/16", s),
+            ("192.168.2.0/24", "eth0"),
+            ("0.0.0.0/0", "eth0"),
+            ("fd00:124::/32", s),
+            ("fd00:172:16:10::/64", s),
+            ("fd00:172:16:11::/64", "eth0"),
+            ("fd00:192:168:2::/64", "eth0"),
+            ("::/0", "eth0"),
+        ],
+        &[],
+    );
+    format!("{demo}---\n{table}")
+}
+
+/// The rule entries the agent must write: prefix → interface name.
+fn entries() -> BTreeMap<IpNet, &'static str> {
+    let (s, e) = (SECOND, "eth0");
+    [
+        ("172.16.10.0/24", s),
+        ("172.16.11.0/24", e),
+        ("10.86.205.109/32", s),
+        ("fd00:86::cd:6d/128", s),
+        ("10.86.69.17/32", e),
+        ("fd00:86::45:11/128", e),
+        ("10.124.0.0/16", s),
+        ("192.168.2.0/24", e),
+        ("0.0.0.0/0", e),
+        ("fd00:124::/32", s),
+        ("fd00:172:16:10::/64", s),
+        ("fd00:172:16:11::/64", e),
+        ("fd00:192:168:2::/64", e),
+        ("::/0", e),
+    ]
+    .into_iter()
+    .map(|(n, dev)| (n.parse().unwrap(), dev))
+    .collect()
+}
+
+/// Every destination of the seed table: (label, address, rule prefix covering it).
+fn destinations() -> Vec<(&'static str, IpAddr, &'static str)> {
+    vec![
+        (
+            "svc kube-system/nginx1",
+            SVC_ETH0_4.into(),
+            "10.86.69.17/32",
+        ),
+        (
+            "svc kube-system/nginx1",
+            SVC_ETH0_6.into(),
+            "fd00:86::45:11/128",
+        ),
+        ("svc default/nginx", SVC_ETH1_4.into(), "10.86.205.109/32"),
+        ("svc default/nginx", SVC_ETH1_6.into(), "fd00:86::cd:6d/128"),
+        ("10.124.0.0/16", OVN_RANGE4.into(), "10.124.0.0/16"),
+        ("fd00:124::/32", OVN_RANGE6.into(), "fd00:124::/32"),
+        ("172.16.10.0/24", STEERED4.into(), "172.16.10.0/24"),
+        (
+            "fd00:172:16:10::/64",
+            STEERED6.into(),
+            "fd00:172:16:10::/64",
+        ),
+        ("172.16.11.0/24", CALICO_CIDR4.into(), "172.16.11.0/24"),
+        (
+            "fd00:172:16:11::/64",
+            CALICO_CIDR6.into(),
+            "fd00:172:16:11::/64",
+        ),
+        ("192.168.2.0/24", UNSTEERED4.into(), "192.168.2.0/24"),
+        (
+            "fd00:192:168:2::/64",
+            UNSTEERED6.into(),
+            "fd00:192:168:2::/64",
+        ),
+        ("default", DEFAULT4.into(), "0.0.0.0/0"),
+        ("default", DEFAULT6.into(), "::/0"),
+    ]
+}
+
+/// The Services of the seed's demo Route (`kube-system/nginx2` is left unresolved).
+fn services() -> String {
+    services_list(&[
+        ("default", "nginx", &[SVC_ETH1_4.into(), SVC_ETH1_6.into()]),
+        (
+            "kube-system",
+            "nginx1",
+            &[SVC_ETH0_4.into(), SVC_ETH0_6.into()],
+        ),
+    ])
+}
+
+/// A free TCP port on 127.0.0.1 (bound to port 0, then released).
+fn free_local_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local address")
+}
+
+/// The agent on the seed table. Field order is drop order: the agent before the namespaces.
+struct Env {
+    agent: Agent,
+    topo: Topology,
+}
+
+impl Env {
+    fn new(metrics: Option<SocketAddr>) -> Self {
+        let topo = Topology::build(TopologyOpts::second(SECOND));
+        let mut agent = Agent::new();
+        if let Some(addr) = metrics {
+            agent = agent.with_metrics_address(addr);
+        }
+        agent.write_services(&services());
+        agent.write_routes(&routes_yaml());
+        agent.add_topology_pod(topo.pod0());
+        agent.start();
+        agent.wait_pod_managed(&topo.pod_path(), &["eth0", SECOND]);
+        let env = Self { agent, topo };
+        env.wait_applied();
+        env
+    }
+
+    fn pod(&self) -> &Pod {
+        self.topo.pod0()
+    }
+
+    /// Waits until the rule tries hold exactly the seed's entries and no load error is reported.
+    fn wait_applied(&self) {
+        let deadline = Instant::now() + agent::AGENT_TIMEOUT;
+        loop {
+            let status = self.agent.status();
+            let slots = status.as_ref().map(Agent::slots).unwrap_or_default();
+            let want: BTreeSet<(IpNet, Option<u16>)> = entries()
+                .iter()
+                .map(|(n, dev)| (*n, slots.get(*dev).copied()))
+                .collect();
+            let have: BTreeSet<(IpNet, Option<u16>)> = agent::rules(&self.agent.maps())
+                .into_iter()
+                .map(|((_, n), v)| (n, Some(v.slot)))
+                .collect();
+            let errors = status.as_ref().map(Agent::load_errors).unwrap_or_default();
+            if have == want && errors.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rules not applied: want {want:?}, have {have:?}, load errors {errors:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs the `veer` CLI on the agent's bpffs root with `args` (a `-o json` command, followed
+    /// by the agent's `--status-file`), returning its parsed output.
+    fn cli(&self, args: &[&str]) -> Json {
+        let out = Command::new(veer_bin())
+            .arg("--bpffs-root")
+            .arg(&self.agent.bpffs_root)
+            .args(args)
+            .arg("--status-file")
+            .arg(&self.agent.status_file)
+            .output()
+            .expect("run veer");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "veer {args:?} failed: {}\nstdout: {stdout}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Json::parse(stdout.trim()).unwrap_or_else(|e| panic!("veer {args:?} JSON: {e}\n{stdout}"))
+    }
+
+    /// `veer maps -o json`'s rules: prefix → row.
+    fn maps_rules(&self) -> BTreeMap<String, Json> {
+        let v = self.cli(&["maps", "-o", "json"]);
+        assert_eq!(
+            v.get("rule_index_error"),
+            &Json::Null,
+            "veer maps could not use the rule index: {v:?}"
+        );
+        v.get("rules")
+            .items()
+            .iter()
+            .map(|r| {
+                let p = r.get("prefix").as_str().expect("prefix").to_string();
+                (p, r.clone())
+            })
+            .collect()
+    }
+
+    /// TCP, UDP and one ping from the pod to `dst`; the source the server saw for TCP and UDP.
+    fn traffic(&self, dst: IpAddr) -> (IpAddr, IpAddr) {
+        let pod = self.pod();
+        self.topo.clear_seen();
+        let tcp = pod.tcp(dst).unwrap_or_else(|e| panic!("TCP to {dst}: {e}"));
+        let udp = pod.udp(dst).unwrap_or_else(|e| panic!("UDP to {dst}: {e}"));
+        assert!(pod.ping(dst), "ping {dst}: no reply");
+        let icmp = self.topo.take_icmp_sources();
+        assert_eq!(icmp, vec![tcp], "echo requests to {dst} vs TCP source");
+        (tcp, udp)
+    }
+}
+
+fn packets(row: &Json) -> u64 {
+    row.get("packets").as_u64().expect("packets")
+}
+
+#[test]
+fn after_steering_traffic_veer_maps_shows_nonzero_counters_on_exactly_the_rules_that_carried_it() {
+    if !require_root(
+        "after_steering_traffic_veer_maps_shows_nonzero_counters_on_exactly_the_rules_that_carried_it",
+    ) {
+        return;
+    }
+    let env = Env::new(None);
+    let before = env.maps_rules();
+    let want_prefixes: BTreeSet<String> = entries().keys().map(ToString::to_string).collect();
+    assert_eq!(
+        before.keys().cloned().collect::<BTreeSet<_>>(),
+        want_prefixes,
+        "veer maps lists the seed's rules"
+    );
+    for (p, r) in &before {
+        assert_eq!(packets(r), 0, "{p}: counted before any traffic: {r:?}");
+        assert_eq!(r.get("in_index"), &Json::Bool(true), "{p}: {r:?}");
+        assert_eq!(
+            r.get("dev").as_str(),
+            Some(entries()[&p.parse::<IpNet>().unwrap()]),
+            "{p}: {r:?}"
+        );
+    }
+
+    // Steered traffic to two eth1 rules (a CIDR and a Service); native traffic to an eth0 rule,
+    // which the datapath leaves alone (the counters count steered packets only).
+    let pod = env.pod();
+    let steered = [
+        (IpAddr::from(STEERED4), "172.16.10.0/24"),
+        (SVC_ETH1_4.into(), "10.86.205.109/32"),
+    ];
+    for (dst, _) in steered {
+        let (tcp, udp) = env.traffic(dst);
+        assert_eq!((tcp, udp), (pod.ovn4.into(), pod.ovn4.into()), "{dst}");
+    }
+    let (tcp, _) = env.traffic(UNSTEERED4.into());
+    assert_eq!(tcp, IpAddr::from(pod.v4), "192.168.2.7 stays on eth0");
+
+    // Counters are per rule (one Route entry): a Service entry's IPv4 and IPv6 cluster IPs are
+    // one rule and share its counters, so rows are judged by rule id.
+    let after = env.maps_rules();
+    let rule_id = |p: &str| after[p].get("rule_id").as_u64().expect("rule_id");
+    let carried: BTreeSet<u64> = steered.iter().map(|(_, p)| rule_id(p)).collect();
+    let mut bad = Vec::new();
+    for (p, r) in &after {
+        let (n, bytes) = (packets(r), r.get("bytes").as_u64().unwrap_or(0));
+        let id = rule_id(p);
+        if carried.contains(&id) {
+            // TCP (handshake, data, close), one UDP datagram, one echo request.
+            if n < 3 || bytes < n * 42 {
+                bad.push(format!(
+                    "{p} (rule {id}): {n} packets, {bytes} bytes; want >= 3 packets"
+                ));
+            }
+        } else if n != 0 || bytes != 0 {
+            bad.push(format!(
+                "{p} (rule {id}): {n} packets, {bytes} bytes; want 0 (no steered traffic)"
+            ));
+        }
+    }
+    let carried_prefixes: Vec<&String> = after
+        .keys()
+        .filter(|p| carried.contains(&rule_id(p)))
+        .collect();
+    assert_eq!(
+        carried_prefixes,
+        ["10.86.205.109/32", "172.16.10.0/24", "fd00:86::cd:6d/128"],
+        "rows of the rules that carried the traffic (the Service's two addresses are one rule)"
+    );
+    assert!(bad.is_empty(), "veer maps counters:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn veer_trace_agrees_with_the_path_the_traffic_took_for_every_demo_destination() {
+    if !require_root("veer_trace_agrees_with_the_path_the_traffic_took_for_every_demo_destination")
+    {
+        return;
+    }
+    let env = Env::new(None);
+    let pod = env.pod();
+    let netns = pod.path();
+    let netns = netns.to_str().expect("netns path");
+    let mut bad = Vec::new();
+    for (label, dst, prefix) in destinations() {
+        let (tcp, udp) = env.traffic(dst);
+        for (proto, seen) in [("tcp", tcp), ("udp", udp), ("icmp", tcp)] {
+            let t = env.cli(&[
+                "trace",
+                "--pod",
+                netns,
+                "--dst",
+                &dst.to_string(),
+                "--proto",
+                proto,
+                "-o",
+                "json",
+            ]);
+            let out = t.get("out_interface").get("name").as_str();
+            let src = t
+                .get("source_address")
+                .as_str()
+                .and_then(|s| s.parse::<IpAddr>().ok());
+            let matched = t.get("matched").get("prefix").as_str();
+            let real = pod.iface_of(seen);
+            if out != real || src != Some(seen) || matched != Some(prefix) {
+                bad.push(format!(
+                    "[{label}] {proto} to {dst}: server saw {seen} (by {real:?}); trace says \
+                     out {out:?}, source {src:?}, rule {matched:?} (want {prefix}), verdict {:?}, \
+                     reason {:?}",
+                    t.get("verdict"),
+                    t.get("reason")
+                ));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} disagreements:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+/// `GET <path>` over HTTP/1.0; (status line, body).
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((head.lines().next().unwrap_or("").into(), body.into()))
+}
+
+/// `veer_rule_packets_total` samples by `rule_id` label.
+fn rule_packets_metric(body: &str) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("veer_rule_packets_total{") else {
+            continue;
+        };
+        let (labels, value) = rest.rsplit_once("} ").expect("sample value");
+        let id = labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("rule_id=\""))
+            .and_then(|v| v.trim_end_matches('"').parse().ok())
+            .unwrap_or_else(|| panic!("rule_id label in {line}"));
+        let v: f64 = value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("value in {line}"));
+        assert!(
+            out.insert(id, v as u64).is_none(),
+            "duplicate series {line}"
+        );
+    }
+    out
+}
+
+/// `veer maps` rows by rule id: packets (one value per id).
+fn by_rule_id(rules: &BTreeMap<String, Json>) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    for (p, r) in rules {
+        let id = u32::try_from(r.get("rule_id").as_u64().expect("rule_id")).unwrap();
+        if id == 0 {
+            continue;
+        }
+        let n = packets(r);
+        if let Some(old) = out.insert(id, n) {
+            assert_eq!(old, n, "rule id {id} ({p}) listed with two counts");
+        }
+    }
+    out
+}
+
+#[test]
+fn scraping_metrics_yields_the_same_per_rule_counters() {
+    if !require_root("scraping_metrics_yields_the_same_per_rule_counters") {
+        return;
+    }
+    let addr = free_local_addr();
+    let env = Env::new(Some(addr));
+    for (_, dst, _) in destinations() {
+        env.traffic(dst);
+    }
+    // The endpoint comes up with the agent; wait for it.
+    let deadline = Instant::now() + agent::AGENT_TIMEOUT;
+    while http_get(addr, "/healthz").is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no metrics endpoint at {addr}\nagent log:\n{}",
+            env.agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let maps1 = by_rule_id(&env.maps_rules());
+    let (status, body) = http_get(addr, "/metrics").expect("GET /metrics");
+    let maps2 = by_rule_id(&env.maps_rules());
+    assert!(status.contains(" 200 "), "GET /metrics: {status}\n{body}");
+    let scraped = rule_packets_metric(&body);
+
+    assert!(
+        maps1.values().any(|n| *n > 0),
+        "steered traffic was counted: {maps1:?}"
+    );
+    assert_eq!(
+        scraped.keys().collect::<Vec<_>>(),
+        maps1.keys().collect::<Vec<_>>(),
+        "the same rule ids in /metrics and veer maps\n{body}"
+    );
+    let bad: Vec<String> = maps1
+        .iter()
+        .filter_map(|(id, m1)| {
+            let s = scraped.get(id).copied().unwrap_or(0);
+            let m2 = maps2.get(id).copied().unwrap_or(0);
+            (!(*m1 <= s && s <= m2)).then(|| {
+                format!("rule {id}: veer maps {m1} then {m2}, /metrics {s} (not in between)")
+            })
+        })
+        .collect();
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
