@@ -1459,3 +1459,66 @@ impl Drop for Topology {
         }
     }
 }
+
+/// Streams exchanging 1 KiB round trips every 10 ms on a thread until stopped: proves that
+/// established connections survive what a test does meanwhile.
+pub struct Exchanger {
+    stop: Arc<AtomicBool>,
+    counts: Arc<Mutex<Vec<u64>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Exchanger {
+    pub fn start(streams: Vec<(String, EchoStream)>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(vec![0u64; streams.len()]));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, counts2, errors2) = (stop.clone(), counts.clone(), errors.clone());
+        let thread = std::thread::spawn(move || {
+            let mut streams = streams;
+            let mut n = 0u32;
+            while !stop2.load(Ordering::Relaxed) {
+                n = n.wrapping_add(1);
+                for (i, (name, s)) in streams.iter_mut().enumerate() {
+                    let payload: Vec<u8> = (0..1024u32).map(|k| (k ^ n) as u8).collect();
+                    match s.roundtrip(&payload) {
+                        Ok(()) => counts2.lock().unwrap()[i] += 1,
+                        Err(e) => {
+                            errors2.lock().unwrap().push(format!("{name}: {e}"));
+                            stop2.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Self {
+            stop,
+            counts,
+            errors,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn counts(&self) -> Vec<u64> {
+        self.counts.lock().unwrap().clone()
+    }
+
+    pub fn finish(mut self) -> (Vec<u64>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("exchanger thread");
+        }
+        (self.counts(), self.errors.lock().unwrap().clone())
+    }
+}
+
+impl Drop for Exchanger {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -11,11 +11,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr, UdpSocket},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -25,7 +20,7 @@ use veer_tests::{
     agent::{self, Agent, route_cr, services_list},
     privileged::require_root,
     topology::{
-        CALICO_CIDR4, CALICO_CIDR6, DEFAULT4, DEFAULT6, EchoStream, OVN_RANGE4, OVN_RANGE6, Pod,
+        CALICO_CIDR4, CALICO_CIDR6, DEFAULT4, DEFAULT6, Exchanger, OVN_RANGE4, OVN_RANGE6, Pod,
         STEERED4, STEERED6, SVC_ETH0_4, SVC_ETH0_6, SVC_ETH1_4, SVC_ETH1_6, Topology, TopologyOpts,
         UNSTEERED4, UNSTEERED6,
     },
@@ -386,68 +381,6 @@ fn large_tcp_transfer_to_a_steered_destination_over_the_smaller_ovn_mtu_complete
         env.counters()
     );
     env.assert_no_errors();
-}
-
-/// Streams exchanging 1 KiB round trips every 10 ms on a thread until stopped.
-struct Exchanger {
-    stop: Arc<AtomicBool>,
-    counts: Arc<Mutex<Vec<u64>>>,
-    errors: Arc<Mutex<Vec<String>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Exchanger {
-    fn start(streams: Vec<(String, EchoStream)>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new(Mutex::new(vec![0u64; streams.len()]));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, counts2, errors2) = (stop.clone(), counts.clone(), errors.clone());
-        let thread = std::thread::spawn(move || {
-            let mut streams = streams;
-            let mut n = 0u32;
-            while !stop2.load(Ordering::Relaxed) {
-                n = n.wrapping_add(1);
-                for (i, (name, s)) in streams.iter_mut().enumerate() {
-                    let payload: Vec<u8> = (0..1024u32).map(|k| (k ^ n) as u8).collect();
-                    match s.roundtrip(&payload) {
-                        Ok(()) => counts2.lock().unwrap()[i] += 1,
-                        Err(e) => {
-                            errors2.lock().unwrap().push(format!("{name}: {e}"));
-                            stop2.store(true, Ordering::Relaxed);
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Self {
-            stop,
-            counts,
-            errors,
-            thread: Some(thread),
-        }
-    }
-
-    fn counts(&self) -> Vec<u64> {
-        self.counts.lock().unwrap().clone()
-    }
-
-    fn finish(mut self) -> (Vec<u64>, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("exchanger thread");
-        }
-        (self.counts(), self.errors.lock().unwrap().clone())
-    }
-}
-
-impl Drop for Exchanger {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 #[test]

@@ -21,10 +21,7 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU32, Ordering},
-    },
+    sync::atomic::{AtomicU32, Ordering},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -40,7 +37,8 @@ use veer_tests::{
     packet::{ACK, SRC_MAC, SYN, mss_opt, tcp_frame},
     privileged::require_root,
     topology::{
-        EchoStream, Pod, STEERED4, STEERED6, Topology, TopologyOpts, UNSTEERED4, UNSTEERED6,
+        EchoStream, Exchanger, Pod, STEERED4, STEERED6, Topology, TopologyOpts, UNSTEERED4,
+        UNSTEERED6,
     },
 };
 
@@ -248,68 +246,6 @@ impl Env {
             .filter(|(_, v)| *v != 0)
             .map(|(n, v)| (*n, v))
             .collect()
-    }
-}
-
-/// Streams exchanging 1 KiB round trips every 10 ms on a thread until stopped.
-struct Exchanger {
-    stop: Arc<AtomicBool>,
-    counts: Arc<Mutex<Vec<u64>>>,
-    errors: Arc<Mutex<Vec<String>>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Exchanger {
-    fn start(streams: Vec<(String, EchoStream)>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let counts = Arc::new(Mutex::new(vec![0u64; streams.len()]));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let (stop2, counts2, errors2) = (stop.clone(), counts.clone(), errors.clone());
-        let thread = std::thread::spawn(move || {
-            let mut streams = streams;
-            let mut n = 0u32;
-            while !stop2.load(Ordering::Relaxed) {
-                n = n.wrapping_add(1);
-                for (i, (name, s)) in streams.iter_mut().enumerate() {
-                    let payload: Vec<u8> = (0..1024u32).map(|k| (k ^ n) as u8).collect();
-                    match s.roundtrip(&payload) {
-                        Ok(()) => counts2.lock().unwrap()[i] += 1,
-                        Err(e) => {
-                            errors2.lock().unwrap().push(format!("{name}: {e}"));
-                            stop2.store(true, Ordering::Relaxed);
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Self {
-            stop,
-            counts,
-            errors,
-            thread: Some(thread),
-        }
-    }
-
-    fn counts(&self) -> Vec<u64> {
-        self.counts.lock().unwrap().clone()
-    }
-
-    fn finish(mut self) -> (Vec<u64>, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("exchanger thread");
-        }
-        (self.counts(), self.errors.lock().unwrap().clone())
-    }
-}
-
-impl Drop for Exchanger {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
