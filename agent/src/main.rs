@@ -21,7 +21,7 @@ use veer_agent::{
         flows::{self as cli_flows},
         index::RuleIndex,
         maps::{self as cli_maps, MapsReport},
-        status::{self as cli_status, DEFAULT_STATUS_FILE, StatusFile},
+        status::{self as cli_status, DEFAULT_STATUS_FILE, StatusFile, StatusPod},
         trace::{self as cli_trace, Proto},
     },
     dataplane::Dataplane,
@@ -247,6 +247,26 @@ struct Sources {
     index_path: PathBuf,
 }
 
+impl Sources {
+    /// Slot → interface name, from the rule index or else the status file.
+    fn slots(&self) -> HashMap<u16, String> {
+        let status_slots = self
+            .status
+            .as_ref()
+            .map(|s| s.slots.clone())
+            .unwrap_or_default();
+        cli_maps::slot_names(self.index.as_ref().ok(), &status_slots)
+    }
+
+    /// The pods of the status file (none without one).
+    fn pods(&self) -> Vec<StatusPod> {
+        self.status
+            .as_ref()
+            .map(StatusFile::pods)
+            .unwrap_or_default()
+    }
+}
+
 fn context(status_file: &Path) -> (std::io::Result<(StatusFile, Duration)>, Sources) {
     let loaded = StatusFile::load(status_file);
     let status = loaded.as_ref().ok().map(|(s, _)| s.clone());
@@ -306,13 +326,8 @@ fn cmd_maps(root: &Path, status_file: &Path, output: Output) -> Result<()> {
     let snap = Snapshot::read(&maps, false).map_err(|e| anyhow::anyhow!(chain(&e)))?;
     let (_, cx) = context(status_file);
     let index = cx.index.as_ref().ok();
-    let status_slots = cx
-        .status
-        .as_ref()
-        .map(|s| s.slots.clone())
-        .unwrap_or_default();
-    let slots = cli_maps::slot_names(index, &status_slots);
-    let pods = cx.status.as_ref().map(StatusFile::pods).unwrap_or_default();
+    let slots = cx.slots();
+    let pods = cx.pods();
     let totals = |id: u32| maps.rule_totals(id).ok();
     let report = MapsReport {
         rules: cli_maps::rule_rows(&snap.rules, index, &slots, &totals),
@@ -332,13 +347,8 @@ fn cmd_flows(root: &Path, status_file: &Path, output: Output) -> Result<()> {
     let snap = Snapshot::read(&maps, true).map_err(|e| anyhow::anyhow!(chain(&e)))?;
     let (_, cx) = context(status_file);
     let index = cx.index.as_ref().ok();
-    let status_slots = cx
-        .status
-        .as_ref()
-        .map(|s| s.slots.clone())
-        .unwrap_or_default();
-    let slots = cli_maps::slot_names(index, &status_slots);
-    let pods = cx.status.as_ref().map(StatusFile::pods).unwrap_or_default();
+    let slots = cx.slots();
+    let pods = cx.pods();
     let config = cli_maps::effective_config(&snap.config);
     let rows = cli_flows::rows(
         &snap.flows,
@@ -364,7 +374,7 @@ fn cmd_trace(
 ) -> Result<()> {
     let (dst, port) = cli_trace::parse_dst(dst).map_err(anyhow::Error::msg)?;
     let (_, cx) = context(status_file);
-    let pods = cx.status.as_ref().map(StatusFile::pods).unwrap_or_default();
+    let pods = cx.pods();
     let cookie_of = |p: &Path| -> Result<u64, String> {
         match veer_agent::netns::netns_cookie(p) {
             Ok(Ok(c)) => Ok(c),
@@ -383,12 +393,7 @@ fn cmd_trace(
         .copied()
         .collect();
     let index = cx.index.as_ref().ok();
-    let status_slots = cx
-        .status
-        .as_ref()
-        .map(|s| s.slots.clone())
-        .unwrap_or_default();
-    let slots: HashMap<u16, String> = cli_maps::slot_names(index, &status_slots);
+    let slots = cx.slots();
     let ruleset = ifaces
         .first()
         .map(|(_, v)| v.ruleset)
