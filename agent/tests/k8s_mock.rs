@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -781,6 +781,10 @@ async fn status_patch_is_a_forced_server_side_apply_per_node() {
 struct DpRecord {
     rounds: Vec<(Compiled, Vec<(PodSandbox, u32)>)>,
     orphan_sweeps: usize,
+    /// The bpffs root of every `remove_stale_pins` call.
+    stale_removals: Vec<PathBuf>,
+    /// Pods (by name) whose setup fails.
+    failing: BTreeSet<String>,
 }
 
 struct FakeDp {
@@ -799,15 +803,21 @@ impl NodeDataplane for FakeDp {
         pods: &[(PodSandbox, u32)],
     ) -> Result<Vec<PodOutcome>, ApplyError> {
         self.applied = compiled.clone();
-        self.record
-            .lock()
-            .unwrap()
-            .rounds
-            .push((compiled, pods.to_vec()));
+        let mut rec = self.record.lock().unwrap();
+        rec.rounds.push((compiled, pods.to_vec()));
         // Every pod has eth0; only web pods have eth1.
         Ok(pods
             .iter()
             .map(|(s, _)| {
+                if rec.failing.contains(&s.name) {
+                    return PodOutcome {
+                        namespace: s.namespace.clone(),
+                        name: s.name.clone(),
+                        uid: s.uid.clone(),
+                        failure: Some("entering the namespace: gone".into()),
+                        ..Default::default()
+                    };
+                }
                 let eth1 = s.name.starts_with("web");
                 PodOutcome {
                     namespace: s.namespace.clone(),
@@ -831,6 +841,15 @@ impl NodeDataplane for FakeDp {
 
     fn remove_orphans(&mut self) {
         self.record.lock().unwrap().orphan_sweeps += 1;
+    }
+
+    fn remove_stale_pins(&mut self, bpffs_root: &Path) -> usize {
+        self.record
+            .lock()
+            .unwrap()
+            .stale_removals
+            .push(bpffs_root.to_path_buf());
+        1
     }
 }
 
@@ -1085,6 +1104,71 @@ async fn an_apiserver_that_prunes_the_status_gets_no_patch_storm() {
     );
     stop.store(true, Ordering::Relaxed);
     agent.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn stale_pins_are_removed_once_after_the_first_round_without_pod_failures() {
+    let (api, client) = FakeApi::start();
+    seed_cluster(&api);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = K8sConfig::new(NODE, tmp.path().join("bpf"));
+    cfg.cni_dir = tmp.path().join("cni");
+    cfg.netns_dir = tmp.path().join("netns");
+    std::fs::create_dir_all(&cfg.cni_dir).unwrap();
+    write_cni_result(&cfg.cni_dir, "default", "web-1", "uid-web-1");
+    write_cni_result(&cfg.cni_dir, "default", "db-1", "uid-db-1");
+    cfg.resync = Duration::from_millis(50);
+    cfg.debounce = Duration::from_millis(10);
+    let record = Arc::new(Mutex::new(DpRecord {
+        failing: ["db-1".to_string()].into(),
+        ..Default::default()
+    }));
+    let dp = FakeDp {
+        applied: Compiled::default(),
+        record: record.clone(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let agent = tokio::spawn(run_with(client, cfg.clone(), dp, stop.clone()));
+
+    eventually("three rounds", || record.lock().unwrap().rounds.len() >= 3).await;
+    {
+        let rec = record.lock().unwrap();
+        assert_eq!(
+            rec.rounds.last().unwrap().1.len(),
+            2,
+            "both pods handed over"
+        );
+        assert!(
+            rec.stale_removals.is_empty(),
+            "kept while a pod failed (its old programs may use the old maps)"
+        );
+    }
+    // The pod is set up on its retry: the stale pins go, once.
+    record.lock().unwrap().failing.clear();
+    eventually("stale pins removed", || {
+        !record.lock().unwrap().stale_removals.is_empty()
+    })
+    .await;
+    let rounds = record.lock().unwrap().rounds.len();
+    eventually("three more rounds", || {
+        record.lock().unwrap().rounds.len() >= rounds + 3
+    })
+    .await;
+    // A pod failing again later changes nothing.
+    record.lock().unwrap().failing.insert("web-1".into());
+    let rounds = record.lock().unwrap().rounds.len();
+    eventually("two more rounds", || {
+        record.lock().unwrap().rounds.len() >= rounds + 2
+    })
+    .await;
+    assert_eq!(
+        record.lock().unwrap().stale_removals,
+        [cfg.bpffs_root.clone()],
+        "removed once, under the agent's bpffs root"
+    );
+    stop.store(true, Ordering::Relaxed);
+    agent.await.unwrap().unwrap();
+    api.assert_requests_allowed();
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! Every pod gets its own ruleset through [`Reconciler::sync_pods_with_rulesets`].
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use crate::config::PodSandbox;
 use crate::config::compile::Compiled;
@@ -46,6 +47,12 @@ pub trait NodeDataplane: Send + 'static {
     /// Removes state left by a previous agent for pods that no longer exist (after the first
     /// apply).
     fn remove_orphans(&mut self);
+
+    /// Removes the maps a layout migration moved aside (`<NAME>_stale` pins under
+    /// `bpffs_root`). The loop calls it once, after the first apply in which every pod was set
+    /// up: until then a pod that failed may still run the old programs, which use those maps.
+    /// Returns how many pins were removed.
+    fn remove_stale_pins(&mut self, bpffs_root: &Path) -> usize;
 }
 
 impl NodeDataplane for Reconciler {
@@ -66,6 +73,10 @@ impl NodeDataplane for Reconciler {
 
     fn remove_orphans(&mut self) {
         Reconciler::remove_orphans(self);
+    }
+
+    fn remove_stale_pins(&mut self, bpffs_root: &Path) -> usize {
+        crate::dataplane::remove_stale_pins(bpffs_root)
     }
 }
 

@@ -18,6 +18,8 @@
 //! snapshots (see [`watch`]), so an API outage keeps the last known state in force. Rules are
 //! never cleared because the API server is away; the pinned datapath keeps running when the
 //! agent itself stops. No finalizers: deleting a Route removes its entries on the next round.
+//! Maps a layout migration moved aside (`<NAME>_stale`) are removed after the first round in
+//! which the rules were applied and every pod was set up, as in standalone mode.
 
 pub mod apply;
 pub mod crd;
@@ -284,6 +286,7 @@ pub async fn run_with<D: NodeDataplane>(
         events: EventMemory::default(),
         written: BTreeMap::new(),
         first: true,
+        stale_pending: true,
         round: 0,
     };
     while !stop.load(Ordering::Relaxed) {
@@ -347,6 +350,9 @@ struct Agent<D> {
     /// installed) would otherwise get a patch every round.
     written: BTreeMap<String, (RouteStatus, Option<RouteStatus>)>,
     first: bool,
+    /// `<NAME>_stale` pins of a layout migration may still exist: removed after the first
+    /// round in which every pod was set up ([`NodeDataplane::remove_stale_pins`]).
+    stale_pending: bool,
     round: u64,
 }
 
@@ -383,16 +389,30 @@ impl<D: NodeDataplane> Agent<D> {
             let mut dp = self.dp.take().expect("dataplane present between rounds");
             let pods = assignment.pods.clone();
             let first = self.first;
+            let stale_pending = self.stale_pending;
+            let root = self.cfg.bpffs_root.clone();
             let joined = tokio::task::spawn_blocking(move || {
                 let r = dp.apply(c, &pods);
                 if first && r.is_ok() {
                     dp.remove_orphans();
                 }
-                (dp, r)
+                // Maps a layout migration moved aside are dropped once every pod runs the new
+                // programs (a pod that failed keeps the old maps alive through its programs
+                // until it is retried).
+                let clean = r
+                    .as_ref()
+                    .is_ok_and(|list| list.iter().all(|o| o.failure.is_none()));
+                if stale_pending && clean {
+                    dp.remove_stale_pins(&root);
+                }
+                (dp, r, clean)
             })
             .await;
-            let (dp, r) = joined.map_err(|e| K8sError::Task(e.to_string()))?;
+            let (dp, r, clean) = joined.map_err(|e| K8sError::Task(e.to_string()))?;
             self.dp = Some(dp);
+            if clean {
+                self.stale_pending = false;
+            }
             match r {
                 Ok(list) => {
                     self.first = false;
