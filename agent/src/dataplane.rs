@@ -22,6 +22,9 @@
 //! 3. set [`CFG_F_DEBUG`](veer_common::CFG_F_DEBUG) in `VEER_CONFIG_V1.flags`. The debug
 //!    programs check the flag at each event site, so they stay quiet until it is set.
 //!
+//! [`crate::debug`] drives these steps at run time (`veer debug on|off`) through
+//! [`Reconciler::switch_object`](crate::reconcile::Reconciler::switch_object).
+//!
 //! Switching off clears the flag (the debug programs then only pay a config look-up per event
 //! site); the default programs may then be swapped back the same way. Events are read from the
 //! debug object's own `AYA_LOGS` ring buffer, which is never pinned (it belongs to one loaded
@@ -322,6 +325,7 @@ pub fn remove_stale_pins(root: &Path) -> usize {
 pub struct Dataplane {
     ebpf: Ebpf,
     root: Option<PathBuf>,
+    debug: bool,
     debug_log: Option<DebugLog>,
 }
 
@@ -399,6 +403,7 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             root,
+            debug,
             debug_log,
         })
     }
@@ -421,6 +426,11 @@ impl Dataplane {
         if let Some(root) = &self.root {
             remove_stale_pins(root);
         }
+    }
+
+    /// Whether this is the debug object ([`EBPF_DEBUG_OBJ`]).
+    pub fn is_debug(&self) -> bool {
+        self.debug
     }
 
     /// The reader of debug events, when the debug object is loaded.

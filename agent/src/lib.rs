@@ -6,12 +6,14 @@
 //! - [`maps`]: typed access to the pinned maps (rules, interfaces, flows, counters);
 //! - [`lpm`]: the reference longest-prefix model (tests and `veer trace` use it to explain a
 //!   decision the kernel makes);
-//! - [`netns`]: running code inside a network namespace on a dedicated thread.
+//! - [`netns`]: running code inside a network namespace on a dedicated thread;
+//! - [`debug`]: switching the eBPF debug events on and off at run time.
 
 pub mod attach;
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod debug;
 pub mod k8s;
 pub mod lpm;
 pub mod maps;
@@ -29,3 +31,15 @@ pub static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("VEER_EBPF_OBJ"));
 /// `AYA_LOGS` ring buffer in the legacy `maps` section, which libbpf rejects, so it is kept
 /// apart from the default object; see [`dataplane`] for how the agent switches to it.
 pub static EBPF_DEBUG_OBJ: &[u8] = aya::include_bytes_aligned!(env!("VEER_EBPF_DEBUG_OBJ"));
+
+/// An error and its causes on one line, `outer: cause: root cause`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

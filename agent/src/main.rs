@@ -25,6 +25,8 @@ use veer_agent::{
         trace::{self as cli_trace, Proto},
     },
     dataplane::Dataplane,
+    debug::{DebugRequest, DebugState, format_unix, unix_now},
+    error_chain,
     lpm::RefRules,
     maps::Maps,
     metrics::{self, Metrics},
@@ -177,8 +179,44 @@ enum Cmd {
         #[command(flatten)]
         status: StatusFileArg,
     },
+    /// Switch the eBPF debug events (new steered flow, collision, flow expired, ICMP error
+    /// reverse-translated, frame too big) on or off at run time, without restarting the agent:
+    /// the agent swaps the debug programs into the existing links atomically and logs the
+    /// events (target `veer_ebpf`). Writes a request beside the status file; the agent applies
+    /// it within a second, also after a restart.
+    Debug {
+        #[command(subcommand)]
+        action: DebugAction,
+        /// The agent's status file (`veer run --status-file`); the request is written beside it.
+        #[arg(long, global = true, default_value = DEFAULT_STATUS_FILE, env = "VEER_STATUS_FILE")]
+        status_file: PathBuf,
+    },
     /// Remove every pin veer created under the bpffs root (detaches pinned links).
     Cleanup,
+}
+
+#[derive(Subcommand)]
+enum DebugAction {
+    /// Switch the debug events on (for a limited time: they cost per packet while on).
+    On {
+        /// How long: `90s`, `15m`, `2h`, `1d`; `0` keeps them on until `veer debug off`.
+        #[arg(long = "for", value_parser = veer_agent::debug::parse_duration, default_value = "15m")]
+        duration: Duration,
+        /// Return at once instead of waiting (up to 10 s) for the agent to confirm.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Switch the debug events off (the default programs are swapped back in).
+    Off {
+        /// Return at once instead of waiting (up to 10 s) for the agent to confirm.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// What was requested and what the agent has in force.
+    Status {
+        #[command(flatten)]
+        output: OutputArg,
+    },
 }
 
 static STOP: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
@@ -224,20 +262,8 @@ fn print<T: Serialize>(output: Output, v: &T, table: impl FnOnce(&T) -> String) 
     Ok(())
 }
 
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 fn open_maps(root: &Path) -> Result<Maps> {
-    Maps::open_pinned(root).map_err(|e| anyhow::anyhow!(chain(&e)))
+    Maps::open_pinned(root).map_err(|e| anyhow::anyhow!(error_chain(&e)))
 }
 
 /// The status file (if readable) and the rule index (or why not).
@@ -293,10 +319,10 @@ fn cmd_status(root: &Path, status_file: &Path, stale_after: u64, output: Output)
         loaded.as_ref(),
         Duration::from_secs(stale_after),
     );
-    let maps = Maps::open_pinned(root).map_err(|e| chain(&e));
+    let maps = Maps::open_pinned(root).map_err(|e| error_chain(&e));
     let live = maps.as_ref().map_err(Clone::clone).and_then(|m| {
-        let occ = cli::read_occupancy(m).map_err(|e| chain(&e))?;
-        let totals = m.stats_totals().map_err(|e| chain(&e))?;
+        let occ = cli::read_occupancy(m).map_err(|e| error_chain(&e))?;
+        let totals = m.stats_totals().map_err(|e| error_chain(&e))?;
         Ok((occ, totals.to_vec()))
     });
     let totals = |id: u32| {
@@ -323,7 +349,7 @@ fn cmd_status(root: &Path, status_file: &Path, stale_after: u64, output: Output)
 
 fn cmd_maps(root: &Path, status_file: &Path, output: Output) -> Result<()> {
     let maps = open_maps(root)?;
-    let snap = Snapshot::read(&maps, false).map_err(|e| anyhow::anyhow!(chain(&e)))?;
+    let snap = Snapshot::read(&maps, false).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     let (_, cx) = context(status_file);
     let index = cx.index.as_ref().ok();
     let slots = cx.slots();
@@ -344,7 +370,7 @@ fn cmd_maps(root: &Path, status_file: &Path, output: Output) -> Result<()> {
 
 fn cmd_flows(root: &Path, status_file: &Path, output: Output) -> Result<()> {
     let maps = open_maps(root)?;
-    let snap = Snapshot::read(&maps, true).map_err(|e| anyhow::anyhow!(chain(&e)))?;
+    let snap = Snapshot::read(&maps, true).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     let (_, cx) = context(status_file);
     let index = cx.index.as_ref().ok();
     let slots = cx.slots();
@@ -379,13 +405,13 @@ fn cmd_trace(
         match veer_agent::netns::netns_cookie(p) {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(format!("reading the cookie of {}: {e}", p.display())),
-            Err(e) => Err(chain(&e)),
+            Err(e) => Err(error_chain(&e)),
         }
     };
     let (label, cookie, status_pod) =
         cli_trace::resolve_pod(pod, &pods, &cookie_of).map_err(anyhow::Error::msg)?;
     let maps = open_maps(root)?;
-    let snap = Snapshot::read(&maps, true).map_err(|e| anyhow::anyhow!(chain(&e)))?;
+    let snap = Snapshot::read(&maps, true).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
     let ifaces: Vec<_> = snap
         .ifaces
         .iter()
@@ -507,6 +533,120 @@ fn cmd_stats(root: &Path, output: Output) -> Result<()> {
     Ok(())
 }
 
+/// `veer debug status`: the request and what the agent reports in force.
+#[derive(Serialize)]
+struct DebugReport {
+    request_file: PathBuf,
+    /// The request as written (absent: none was ever made).
+    requested: Option<DebugRequest>,
+    /// Whether the request wants the events on now (false once its time is up).
+    requested_on: bool,
+    /// What the agent's status file says is in force (absent: no agent status).
+    in_force: Option<DebugState>,
+    status_file: PathBuf,
+    /// Age of the status file in seconds.
+    status_age_s: Option<f64>,
+}
+
+fn debug_report(status_file: &Path) -> Result<DebugReport> {
+    let request_file = veer_agent::debug::request_path(status_file);
+    let requested =
+        DebugRequest::read(&request_file).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    let loaded = StatusFile::load(status_file).ok();
+    Ok(DebugReport {
+        requested_on: requested.as_ref().is_some_and(|r| r.active_at(unix_now())),
+        requested,
+        request_file,
+        in_force: loaded.as_ref().and_then(|(s, _)| s.debug_events.clone()),
+        status_age_s: loaded.as_ref().map(|(_, age)| age.as_secs_f64()),
+        status_file: status_file.to_path_buf(),
+    })
+}
+
+fn render_debug(r: &DebugReport) -> String {
+    let when = |u: Option<u64>| {
+        u.map_or("until switched off".into(), |u| {
+            format!("until {}", format_unix(u))
+        })
+    };
+    let requested = match &r.requested {
+        None => "nothing (off)".to_string(),
+        Some(q) if r.requested_on => format!("on, {}", when(q.until_unix)),
+        Some(q) if q.enabled => format!(
+            "on, expired at {}",
+            when(q.until_unix).trim_start_matches("until ")
+        ),
+        Some(_) => "off".into(),
+    };
+    let in_force = match &r.in_force {
+        None => format!("unknown (no debug state in {})", r.status_file.display()),
+        Some(d) if d.on => format!("on, {}", when(d.until_unix)),
+        Some(_) => "off".into(),
+    };
+    let mut o = format!(
+        "Requested: {requested}   ({})\nIn force:  {in_force}",
+        r.request_file.display()
+    );
+    if let Some(age) = r.status_age_s {
+        o.push_str(&format!("   (agent status {age:.0} s old)"));
+    }
+    o.push('\n');
+    if let Some(e) = r.in_force.as_ref().and_then(|d| d.error.as_ref()) {
+        o.push_str(&format!("Error:     {e}\n"));
+    }
+    o
+}
+
+fn cmd_debug(status_file: &Path, action: DebugAction) -> Result<()> {
+    let path = veer_agent::debug::request_path(status_file);
+    let now = unix_now();
+    let (req, no_wait) = match action {
+        DebugAction::Status { output } => {
+            let r = debug_report(status_file)?;
+            return print(output.output, &r, render_debug);
+        }
+        DebugAction::On { duration, no_wait } => (DebugRequest::on(now, Some(duration)), no_wait),
+        DebugAction::Off { no_wait } => (DebugRequest::off(now), no_wait),
+    };
+    let written = std::time::SystemTime::now();
+    req.write(&path)
+        .map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    let want = req.active_at(now);
+    println!(
+        "debug events {} requested ({})",
+        if want { "on" } else { "off" },
+        path.display()
+    );
+    if no_wait {
+        return Ok(());
+    }
+    // The agent applies the request within ~200 ms and reports it in its next status file.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = debug_report(status_file)?;
+        // Confirmed by a status the agent wrote after the request.
+        let fresh = std::fs::metadata(status_file)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m >= written);
+        if let Some(d) = &r.in_force
+            && d.on == want
+            && fresh
+        {
+            print!("{}", render_debug(&r));
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            print!("{}", render_debug(&r));
+            bail!(
+                "the agent has not confirmed within 10 s (is it running with --status-file {}?); \
+                 the request stays and is applied when it runs",
+                status_file.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn cmd_run(
     root: PathBuf,
@@ -609,6 +749,10 @@ fn main() -> Result<()> {
             output,
             status,
         } => cmd_trace(&root, &status.status_file, &pod, &dst, proto, output.output)?,
+        Cmd::Debug {
+            action,
+            status_file,
+        } => cmd_debug(&status_file, action)?,
         Cmd::Cleanup => {
             if root.exists() {
                 std::fs::remove_dir_all(&root)
@@ -686,5 +830,17 @@ mod tests {
         for sub in ["status", "maps", "flows", "stats"] {
             Cli::try_parse_from(["veer", sub, "-o", "json"]).unwrap();
         }
+        let c = Cli::try_parse_from(["veer", "debug", "on", "--for", "2h", "--status-file=/s"])
+            .unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Debug {
+                action: DebugAction::On { duration, no_wait: false },
+                ..
+            } if duration == Duration::from_secs(7200)
+        ));
+        Cli::try_parse_from(["veer", "debug", "status", "-o", "json", "--status-file=/s"]).unwrap();
+        Cli::try_parse_from(["veer", "debug", "off", "--no-wait"]).unwrap();
+        assert!(Cli::try_parse_from(["veer", "debug", "on", "--for", "soon"]).is_err());
     }
 }

@@ -21,7 +21,8 @@ use veer_common::{FlowKey, IfaceInfo, IfaceKey, RuleStats, RuleValue, paths};
 use crate::{
     attach::{AttachError, PodLinks, attach_pod, detach_pod},
     config::{Compiled, PodSandbox, compile::SlotTable, diff},
-    dataplane::Dataplane,
+    dataplane::{Dataplane, DataplaneError, DebugLog},
+    debug::DebugEvents,
     maps::{Maps, MapsError, rule4_key, rule6_key},
     podnet::{self, IfaceFacts, PodnetError, SlotTargets},
 };
@@ -34,6 +35,10 @@ pub const NO_SLOT: u32 = u32::MAX;
 pub enum ReconcileError {
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("the dataplane has no pin root: another object can only share pinned maps")]
+    NotPinned,
     #[error(
         "{family} rules need {wanted} trie entries (with tombstones of removed rules), the trie \
          holds {capacity}: nothing applied, the previous rules stay in force"
@@ -84,6 +89,9 @@ pub struct PodState {
     links: Vec<PodLinks>,
     #[serde(skip)]
     keys: Vec<IfaceKey>,
+    /// Whether the pod's links run the debug object's programs.
+    #[serde(skip)]
+    debug: bool,
 }
 
 /// A pod that could not be set up this round (retried on the next).
@@ -109,20 +117,11 @@ pub struct Reconciler {
     pub failures: Vec<PodFailure>,
 }
 
-fn errstring(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 impl Reconciler {
     pub fn new(mut dp: Dataplane) -> Result<Self, ReconcileError> {
-        let maps = Maps::from_dataplane(&mut dp)?;
+        let mut maps = Maps::from_dataplane(&mut dp)?;
+        // A previous agent may have left the debug flag set: it says what runs now.
+        write_debug_flag(&mut maps, dp.is_debug())?;
         Ok(Self {
             dp,
             maps,
@@ -390,7 +389,7 @@ impl Reconciler {
     }
 
     fn fail(&mut self, namespace: &str, name: &str, netns: &Path, e: &dyn std::error::Error) {
-        let error = errstring(e);
+        let error = crate::error_chain(e);
         tracing::warn!(pod = %format!("{namespace}/{name}"), netns = %netns.display(), %error, "pod not set up; retrying on next sync");
         self.failures.push(PodFailure {
             namespace: namespace.into(),
@@ -433,7 +432,7 @@ impl Reconciler {
         }
         for (netns, (s, ruleset)) in want {
             if let Some(mut p) = self.pods.remove(netns) {
-                if p.ruleset != ruleset {
+                if p.ruleset != ruleset || p.debug != self.dp.is_debug() {
                     p.ruleset = ruleset;
                     if let Err(e) = self.setup_pod(&mut p, false) {
                         self.fail(&s.namespace, &s.name, netns, &e);
@@ -454,6 +453,7 @@ impl Reconciler {
                 facts: Vec::new(),
                 links: Vec::new(),
                 keys: Vec::new(),
+                debug: self.dp.is_debug(),
             };
             match self.setup_pod(&mut p, true) {
                 Ok(()) => {
@@ -506,6 +506,18 @@ impl Reconciler {
             .filter(|(f, _)| !attached.contains(&f.ifindex))
             .map(|(f, _)| f.name.clone())
             .collect();
+        if p.debug != self.dp.is_debug() && !p.links.is_empty() {
+            // The other object was swapped in: adopting the pins replaces the programs in the
+            // existing links atomically (bpf_link_update), nothing is detached.
+            let all: Vec<String> = p
+                .links
+                .iter()
+                .flat_map(|l| l.ifaces.iter().map(|(n, _)| n.clone()))
+                .collect();
+            let links = attach_pod(&mut self.dp, &p.netns, &all)?;
+            p.links = vec![links];
+        }
+        p.debug = self.dp.is_debug();
         if !names.is_empty() {
             let links = attach_pod(&mut self.dp, &p.netns, &names)?;
             p.links.push(links);
@@ -578,7 +590,7 @@ impl Reconciler {
                 iface: String::new(),
                 reason: format!(
                     "next hops not pinned in the neighbour table: {}",
-                    errstring(&e)
+                    crate::error_chain(&e)
                 ),
             });
         }
@@ -607,7 +619,7 @@ impl Reconciler {
         if let Some(root) = self.dp.root()
             && let Err(e) = detach_pod(root, p.cookie)
         {
-            tracing::warn!(error = %errstring(&e), "removing link pins");
+            tracing::warn!(error = %crate::error_chain(&e), "removing link pins");
         }
         tracing::info!(pod = %format!("{}/{}", p.namespace, p.name), "pod gone: state removed");
     }
@@ -674,6 +686,72 @@ impl Reconciler {
             }
         }
     }
+}
+
+impl Reconciler {
+    /// Swaps the debug object in (`on`) or the default one back, for every managed pod, and
+    /// sets `CFG_F_DEBUG` accordingly (see [`crate::dataplane`]). Rules, interfaces, flows and
+    /// counters are the same pinned maps either way. A pod whose swap fails keeps running the
+    /// other object (both are complete) and is retried at the next pod sync.
+    pub fn switch_object(&mut self, on: bool) -> Result<Option<DebugLog>, ReconcileError> {
+        let root = self
+            .dp
+            .root()
+            .ok_or(ReconcileError::NotPinned)?
+            .to_path_buf();
+        let new = Dataplane::load_pinned_with(&root, on)?;
+        if !on {
+            // Quiet first: the debug programs check the flag at each event site.
+            write_debug_flag(&mut self.maps, false)?;
+        }
+        self.dp = new;
+        let keys: Vec<PathBuf> = self.pods.keys().cloned().collect();
+        for k in keys {
+            if let Some(mut p) = self.pods.remove(&k) {
+                if let Err(e) = self.setup_pod(&mut p, false) {
+                    let (ns, name) = (p.namespace.clone(), p.name.clone());
+                    self.fail(&ns, &name, &k, &e);
+                }
+                self.pods.insert(k, p);
+            }
+        }
+        if on {
+            write_debug_flag(&mut self.maps, true)?;
+        }
+        Ok(self.dp.take_debug_log())
+    }
+}
+
+impl DebugEvents for Reconciler {
+    fn debug_events(&self) -> bool {
+        self.dp.is_debug()
+    }
+
+    fn set_debug_events(&mut self, on: bool) -> Result<Option<DebugLog>, String> {
+        self.switch_object(on).map_err(|e| crate::error_chain(&e))
+    }
+}
+
+/// Sets or clears `CFG_F_DEBUG` in `VEER_CONFIG_V1`, keeping the other settings.
+fn write_debug_flag(maps: &mut Maps, on: bool) -> Result<(), ReconcileError> {
+    // An unset configuration (zero timeouts) means the defaults, debug off.
+    let current = maps
+        .config
+        .get(&0, 0)
+        .ok()
+        .filter(|c| c.other_timeout_s != 0);
+    if current.is_some_and(|c| c.flags & veer_common::CFG_F_DEBUG != 0) == on {
+        return Ok(());
+    }
+    let mut cfg = current.unwrap_or(veer_common::Config::DEFAULT);
+    cfg.flags ^= veer_common::CFG_F_DEBUG;
+    maps.config
+        .set(0, cfg, 0)
+        .map_err(|source| ReconcileError::Write {
+            what: "configuration",
+            key: "0".into(),
+            source,
+        })
 }
 
 /// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`.

@@ -28,6 +28,7 @@ use crate::{
     cli::index::{self as rule_index, RuleIndex},
     config::{Compiled, RouteSet, ServiceIndex, cni, compile_all_pods, load, services},
     dataplane::{Dataplane, DataplaneError},
+    debug::{DebugControl, DebugState, unix_now},
     metrics::Metrics,
     reconcile::{PodFailure, PodState, ReconcileError, Reconciler},
 };
@@ -83,6 +84,8 @@ pub struct Status<'a> {
     pub cni_errors: Vec<String>,
     /// The rule index beside this file (provenance of every trie entry, read by the CLI).
     pub rule_index: Option<PathBuf>,
+    /// The eBPF debug events in force (`veer debug`).
+    pub debug_events: Option<DebugState>,
 }
 
 fn load_routes(set: &mut RouteSet, path: &Path) -> Vec<String> {
@@ -146,6 +149,8 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
     });
     let dp = Dataplane::load_pinned(&cfg.bpffs_root)?;
     let mut rec = Reconciler::new(dp)?;
+    // `veer debug on|off` writes a request beside the status file.
+    let mut debug = cfg.status_file.as_deref().map(DebugControl::new);
     let (tx, rx) = mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         // Reads are no change: the agent opens every watched file each round, and the inotify
@@ -183,10 +188,14 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
     let mut round = 0u64;
     let mut first = true;
     let mut stale_pending = true;
+    let mut reported: Vec<String> = Vec::new();
     let mut applied_index: Option<Arc<RuleIndex>> = None;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         round += 1;
+        if let Some(d) = &mut debug {
+            d.sync(&mut rec, unix_now());
+        }
         let load_errors = load_routes(&mut routes, &cfg.routes);
         for e in &load_errors {
             tracing::error!(error = %e, "Route file rejected; its last good version stays in force");
@@ -199,11 +208,21 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
         let mut compile_error = None;
         match compile_all_pods(routes.routes(), &index, rec.applied()) {
             Ok(c) => {
-                for i in &c.issues {
-                    tracing::warn!(issue = %i, "rule not applied as written");
-                }
-                for c in &c.conflicts {
-                    tracing::warn!(conflict = %c, "conflicting rules");
+                // Logged when they change, not every round (the status file always has them).
+                let now: Vec<String> = c
+                    .issues
+                    .iter()
+                    .map(|i| format!("issue: {i}"))
+                    .chain(c.conflicts.iter().map(|c| format!("conflict: {c}")))
+                    .collect();
+                if now != reported {
+                    for i in &c.issues {
+                        tracing::warn!(issue = %i, "rule not applied as written");
+                    }
+                    for c in &c.conflicts {
+                        tracing::warn!(conflict = %c, "conflicting rules");
+                    }
+                    reported = now;
                 }
                 if let Err(e) = rec.apply_rules(c) {
                     tracing::error!(error = %e, "rules not applied; previous rules stay in force");
@@ -265,6 +284,7 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
                 compile_error,
                 routes_names(&routes),
                 cni_errors.iter().map(ToString::to_string).collect(),
+                debug.as_ref().map(|d| d.state().clone()),
             );
         }
         tracing::debug!(round, ms = elapsed.as_millis(), "reconciled");
@@ -272,6 +292,12 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
         let deadline = Instant::now() + cfg.resync;
         loop {
             if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            // A debug switch is applied at once; the round after it reports it.
+            if let Some(d) = &mut debug
+                && d.sync(&mut rec, unix_now())
+            {
                 break;
             }
             let slice = deadline
@@ -320,6 +346,7 @@ fn write_status(
     compile_error: Option<String>,
     routes: Vec<String>,
     cni_errors: Vec<String>,
+    debug_events: Option<DebugState>,
 ) {
     let c: &Compiled = rec.applied();
     let status = Status {
@@ -338,6 +365,7 @@ fn write_status(
         pod_failures: &rec.failures,
         cni_errors,
         rule_index: None,
+        debug_events,
     };
     // The index first, so the status file never names an index older than itself.
     let index_path = rule_index::path_for_status(path);

@@ -655,7 +655,7 @@ impl Agent {
         if let Some(addr) = self.metrics_address {
             cmd.arg("--metrics-address").arg(addr.to_string());
         }
-        cmd.env("RUST_LOG", "info")
+        cmd.env("RUST_LOG", "info,veer_ebpf=debug")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err);

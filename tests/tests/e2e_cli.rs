@@ -471,3 +471,156 @@ fn scraping_metrics_yields_the_same_per_rule_counters() {
         .collect();
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// `veer debug on|off` with the agent's status file; its stdout.
+fn debug_cli(env: &Env, args: &[&str]) -> String {
+    let out = Command::new(veer_bin())
+        .arg("debug")
+        .args(args)
+        .arg("--status-file")
+        .arg(&env.agent.status_file)
+        .output()
+        .expect("run veer debug");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "veer debug {args:?} failed: {}\nstdout: {stdout}\nstderr: {}\nagent log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        env.agent.log_text()
+    );
+    stdout
+}
+
+/// Debug event lines (target `veer_ebpf`) about new steered flows in the agent's log.
+fn new_flow_events(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("veer_ebpf") && l.contains("new steered flow"))
+        .count()
+}
+
+/// Whether `veer maps` shows `CFG_F_DEBUG` set.
+fn config_debug(env: &Env) -> bool {
+    let v = env.cli(&["maps", "-o", "json"]);
+    match v.get("config").get("debug") {
+        Json::Bool(b) => *b,
+        other => panic!("veer maps config.debug: {other:?}"),
+    }
+}
+
+#[test]
+fn veer_debug_switches_ebpf_events_on_and_off_at_runtime_without_restart_or_detaching() {
+    if !require_root(
+        "veer_debug_switches_ebpf_events_on_and_off_at_runtime_without_restart_or_detaching",
+    ) {
+        return;
+    }
+    let env = Env::new(None);
+    let pod = env.pod();
+    let pid = env.agent.pid().expect("agent running");
+    let links0 = env.agent.pinned_links();
+    assert!(!links0.is_empty(), "no pinned links");
+    // An established steered connection and an unsteered one run across both switches.
+    let streams: Vec<_> = [
+        (IpAddr::from(STEERED4), "eth1"),
+        (UNSTEERED4.into(), "eth0"),
+    ]
+    .into_iter()
+    .map(|(dst, iface)| {
+        let s = pod.echo(dst).expect("connect to the echo server");
+        assert_eq!(pod.iface_of(s.seen), Some(iface), "stream to {dst}");
+        (format!("stream to {dst} (by {iface})"), s)
+    })
+    .collect();
+    let exchanger = veer_tests::topology::Exchanger::start(streams);
+
+    // Off by default: the production programs emit nothing.
+    env.traffic(STEERED4.into());
+    assert_eq!(
+        new_flow_events(&env.agent.log_text()),
+        0,
+        "events while off"
+    );
+    assert!(!config_debug(&env), "CFG_F_DEBUG set while off");
+
+    let out = debug_cli(&env, &["on", "--for", "10m"]);
+    assert!(
+        out.contains("In force:  on"),
+        "veer debug on output:\n{out}"
+    );
+    let links1 = env.agent.pinned_links();
+    assert_eq!(
+        links1.keys().collect::<Vec<_>>(),
+        links0.keys().collect::<Vec<_>>(),
+        "the same links (nothing detached or re-created)"
+    );
+    assert!(
+        links1.iter().all(|(l, p)| links0[l] != *p),
+        "every link runs a new program: before {links0:?}, after {links1:?}"
+    );
+    assert!(config_debug(&env), "CFG_F_DEBUG not set while on");
+    let status = env.cli(&["status", "-o", "json"]);
+    assert_eq!(
+        status.get("debug_events").get("on"),
+        &Json::Bool(true),
+        "{status:?}"
+    );
+    assert!(
+        status
+            .get("debug_events")
+            .get("until_unix")
+            .as_u64()
+            .is_some()
+    );
+
+    // New steered flows are now reported, by the agent that never restarted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        env.traffic(STEERED4.into());
+        if new_flow_events(&env.agent.log_text()) > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no debug event for a new steered flow while on; agent log:\n{}",
+            env.agent.log_text()
+        );
+    }
+
+    let out = debug_cli(&env, &["off"]);
+    assert!(
+        out.contains("In force:  off"),
+        "veer debug off output:\n{out}"
+    );
+    let links2 = env.agent.pinned_links();
+    assert_eq!(
+        links2.keys().collect::<Vec<_>>(),
+        links0.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        links2.iter().all(|(l, p)| links1[l] != *p),
+        "the default programs are back: {links1:?} → {links2:?}"
+    );
+    assert!(!config_debug(&env), "CFG_F_DEBUG still set after off");
+    // Give the reader a moment to pass on anything still in the ring, then nothing more comes.
+    std::thread::sleep(Duration::from_millis(500));
+    let events = new_flow_events(&env.agent.log_text());
+    env.traffic(STEERED4.into());
+    env.traffic(SVC_ETH1_4.into());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        new_flow_events(&env.agent.log_text()),
+        events,
+        "events after off"
+    );
+
+    let (counts, errors) = exchanger.finish();
+    assert!(
+        errors.is_empty(),
+        "established connections broken: {errors:?}"
+    );
+    assert!(counts.iter().all(|c| *c > 10), "round trips: {counts:?}");
+    assert_eq!(env.agent.pid(), Some(pid), "the agent restarted");
+    let v = env.cli(&["debug", "status", "-o", "json"]);
+    assert_eq!(v.get("requested_on"), &Json::Bool(false), "{v:?}");
+}

@@ -14,6 +14,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::debug::DebugState;
+
 use super::{
     MapUse, counter_class,
     index::{RouteIssue, RuleIndex, SlotName},
@@ -169,6 +171,8 @@ pub struct StatusFile {
     pub watch_errors: BTreeMap<String, String>,
     /// Path of the rule index (absent in older agents: see [`StatusFile::index_path`]).
     pub rule_index: Option<PathBuf>,
+    /// The eBPF debug events in force (`veer debug`).
+    pub debug_events: Option<DebugState>,
 }
 
 impl StatusFile {
@@ -395,6 +399,8 @@ pub struct StatusReport {
     pub maps_error: Option<String>,
     /// `drop_*` and `err_*` counters by reason, summed over CPUs.
     pub drops_and_errors: Option<BTreeMap<String, u64>>,
+    /// The eBPF debug events in force, as the agent last reported them.
+    pub debug_events: Option<DebugState>,
 }
 
 /// Inputs of [`build`] besides the status file.
@@ -451,6 +457,7 @@ pub fn build(health: AgentHealth, status: Option<&StatusFile>, live: Live<'_>) -
         maps,
         maps_error,
         drops_and_errors: counters,
+        debug_events: status.and_then(|s| s.debug_events.clone()),
     }
 }
 
@@ -468,6 +475,20 @@ pub fn render(r: &StatusReport) -> String {
             let _ = write!(o, ", ready: {ready}");
         }
         o.push('\n');
+    }
+    if let Some(d) = &r.debug_events {
+        if d.on {
+            let until = d.until_unix.map_or("until switched off".to_string(), |u| {
+                format!("until {}", crate::debug::format_unix(u))
+            });
+            let _ = writeln!(
+                o,
+                "Debug:    eBPF debug events ON {until} (`veer debug off`)"
+            );
+        }
+        if let Some(e) = &d.error {
+            let _ = writeln!(o, "Debug:    request not carried out: {e}");
+        }
     }
     if !r.slots.is_empty() {
         let s: Vec<String> = r
