@@ -20,7 +20,11 @@ use veer_common::{FlowKey, IfaceInfo, IfaceKey, RuleStats, RuleValue, paths};
 
 use crate::{
     attach::{AttachError, PodLinks, attach_pod, detach_pod},
-    config::{Compiled, PodSandbox, compile::SlotTable, diff},
+    config::{
+        Compiled, PodSandbox,
+        compile::{RuleIdentity, SlotTable},
+        diff,
+    },
     dataplane::{Dataplane, DataplaneError, DebugLog},
     debug::DebugEvents,
     maps::{Maps, MapsError, rule4_key, rule6_key},
@@ -139,6 +143,26 @@ impl Reconciler {
 
     pub fn applied(&self) -> &Compiled {
         &self.applied
+    }
+
+    /// Runs `compile` against the compilation in force, for sticky slots and rule ids. Before
+    /// the first apply (a restarted agent) that is what the live tries record: `compile` runs
+    /// once against nothing, and again against [`base_from_live`], so interface names keep the
+    /// slots and rules the ids the running datapath uses (a recomputed table could differ,
+    /// and rewriting rules and pods' slot tables one after the other would mis-steer packets
+    /// in between).
+    pub fn compile_sticky<E>(
+        &self,
+        compile: impl Fn(&Compiled) -> Result<Compiled, E>,
+    ) -> Result<Compiled, E> {
+        if !self.first {
+            return compile(&self.applied);
+        }
+        let fresh = compile(&self.applied)?;
+        match self.live_rules() {
+            Ok(live) if !live.is_empty() => compile(&base_from_live(&fresh, &live)),
+            _ => Ok(fresh),
+        }
     }
 
     pub fn pods(&self) -> impl Iterator<Item = &PodState> {
@@ -732,6 +756,61 @@ impl DebugEvents for Reconciler {
     }
 }
 
+/// The slots and rule ids the live tries record, in the terms of `fresh` (a compilation of the
+/// current sources): an interface name takes the slot that the live entries of its rules carry,
+/// a rule identity the id its live entries carry. Ambiguous assignments (one name seen with two
+/// slots, one slot claimed by two names, and likewise for ids) and tombstones are left out, so
+/// the recompilation allocates those afresh. The result has no entries: it only seeds
+/// [`crate::config::compile`]'s stickiness.
+pub fn base_from_live(fresh: &Compiled, live: &BTreeMap<(u32, IpNet), RuleValue>) -> Compiled {
+    let by_slot = fresh.slots.by_slot();
+    let identity_of: BTreeMap<u32, &RuleIdentity> =
+        fresh.rule_ids.iter().map(|(i, n)| (*n, i)).collect();
+    let mut slots: BTreeMap<&str, BTreeSet<u16>> = BTreeMap::new();
+    let mut ids: BTreeMap<&RuleIdentity, BTreeSet<u32>> = BTreeMap::new();
+    for (key, e) in &fresh.entries {
+        let Some(v) = live.get(key) else { continue };
+        if v.flags & veer_common::RULE_F_TOMBSTONE != 0 {
+            continue;
+        }
+        if let Some(Some(name)) = by_slot.get(usize::from(e.value.slot)) {
+            slots.entry(name).or_default().insert(v.slot);
+        }
+        if let Some(identity) = identity_of.get(&e.value.rule_id) {
+            ids.entry(identity).or_default().insert(v.rule_id);
+        }
+    }
+    /// Single-valued assignments whose value no other key claims.
+    fn unique<K: Ord + Copy, V: Ord + Copy>(m: BTreeMap<K, BTreeSet<V>>) -> Vec<(K, V)> {
+        let single: Vec<(K, V)> = m
+            .into_iter()
+            .filter(|(_, vs)| vs.len() == 1)
+            .filter_map(|(k, vs)| vs.first().map(|v| (k, *v)))
+            .collect();
+        let mut count: BTreeMap<V, usize> = BTreeMap::new();
+        for (_, v) in &single {
+            *count.entry(*v).or_default() += 1;
+        }
+        single.into_iter().filter(|(_, v)| count[v] == 1).collect()
+    }
+    let slots = SlotTable::from_assignments(
+        unique(slots)
+            .into_iter()
+            .map(|(name, slot)| (name.to_string(), slot)),
+    )
+    .unwrap_or_default();
+    let rule_ids = unique(ids)
+        .into_iter()
+        .filter(|(_, id)| (1..veer_common::maps::RULE_STATS_MAX).contains(id))
+        .map(|(identity, id)| (identity.clone(), id))
+        .collect();
+    Compiled {
+        slots,
+        rule_ids,
+        ..Compiled::default()
+    }
+}
+
 /// Sets or clears `CFG_F_DEBUG` in `VEER_CONFIG_V1`, keeping the other settings.
 fn write_debug_flag(maps: &mut Maps, on: bool) -> Result<(), ReconcileError> {
     // An unset configuration (zero timeouts) means the defaults, debug off.
@@ -792,4 +871,70 @@ pub enum PodError {
         #[source]
         source: MapError,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{ServiceIndex, compile_all_pods, load_str};
+
+    fn compile(text: &str, prev: &Compiled) -> Compiled {
+        let routes = load_str(Path::new("r.yaml"), text).unwrap().routes;
+        compile_all_pods(&routes, &ServiceIndex::new(), prev).unwrap()
+    }
+
+    /// The tries as a running datapath holds them after `c` was applied.
+    fn live(c: &Compiled) -> BTreeMap<(u32, IpNet), RuleValue> {
+        c.entries.iter().map(|(k, e)| (*k, e.value)).collect()
+    }
+
+    const ROUTE: &str = "apiVersion: k8s.ovn.org/v1\nkind: Route\nmetadata: {name: r}\nspec:\n  route: [{dst: 10.1.0.0/16, dev: eth1}, {dst: 10.2.0.0/16, dev: eth0}, {dst: 10.3.0.0/16, dev: eth1}]\n";
+
+    #[test]
+    fn a_restarted_agent_keeps_the_slots_and_rule_ids_the_live_maps_use() {
+        // History the restarted agent cannot recompute: eth1 was named first (slot 0), and
+        // the first rule was once removed and added back (a new id).
+        let history = compile(
+            "apiVersion: k8s.ovn.org/v1\nkind: Route\nmetadata: {name: r}\nspec:\n  route: [{dst: 10.3.0.0/16, dev: eth1}]\n",
+            &Compiled::default(),
+        );
+        let running = compile(ROUTE, &history);
+        assert_eq!(running.slots.get("eth1"), Some(0));
+        assert_eq!(running.slots.get("eth0"), Some(1));
+        let fresh = compile(ROUTE, &Compiled::default());
+        assert_eq!(fresh.slots.get("eth0"), Some(0), "recomputed table differs");
+        assert_ne!(fresh.entries, running.entries);
+
+        let base = base_from_live(&fresh, &live(&running));
+        let again = compile(ROUTE, &base);
+        assert_eq!(again.slots, running.slots);
+        assert_eq!(again.rule_ids, running.rule_ids);
+        assert_eq!(again.entries, running.entries, "nothing to rewrite");
+    }
+
+    #[test]
+    fn ambiguous_or_tombstoned_live_entries_seed_nothing() {
+        let fresh = compile(ROUTE, &Compiled::default());
+        let mut l = live(&fresh);
+        // Two eth1 rules whose live entries disagree on the slot: eth1's slot is not adopted.
+        let k1 = (1, "10.1.0.0/16".parse().unwrap());
+        l.get_mut(&k1).unwrap().slot = 5;
+        let base = base_from_live(&fresh, &l);
+        assert_eq!(base.slots.get("eth1"), None);
+        assert_eq!(base.slots.get("eth0"), Some(0));
+        // A tombstone says nothing about the rule in force.
+        let k2 = (1, "10.2.0.0/16".parse().unwrap());
+        let v = l.get_mut(&k2).unwrap();
+        v.flags |= veer_common::RULE_F_TOMBSTONE;
+        v.slot = 7;
+        v.rule_id = 99;
+        let base = base_from_live(&fresh, &l);
+        assert_eq!(base.slots.get("eth0"), None);
+        assert!(!base.rule_ids.values().any(|id| *id == 99));
+        assert!(base.entries.is_empty());
+        // Empty tries: nothing.
+        assert_eq!(base_from_live(&fresh, &BTreeMap::new()), Compiled::default());
+    }
 }

@@ -206,7 +206,7 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
             tracing::error!(error = %e, "Service file rejected");
         }
         let mut compile_error = None;
-        match compile_all_pods(routes.routes(), &index, rec.applied()) {
+        match rec.compile_sticky(|prev| compile_all_pods(routes.routes(), &index, prev)) {
             Ok(c) => {
                 // Logged when they change, not every round (the status file always has them).
                 let now: Vec<String> = c
