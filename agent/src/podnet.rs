@@ -159,40 +159,51 @@ fn current_label() -> String {
 }
 
 fn discover_labelled(label: String) -> Result<Vec<IfaceFacts>, PodnetError> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return discover_blocking(&label);
-    }
-    // `block_on` inside a runtime would panic; a new thread shares this thread's namespace.
-    std::thread::scope(|s| {
-        s.spawn(|| discover_blocking(&label))
-            .join()
-            .map_err(|_| PodnetError::Panicked {
-                netns: label.clone(),
-            })?
+    let label = label.as_str();
+    with_netlink(label, |handle| async move {
+        let (links, addrs, routes) = dump_all(&handle, label).await?;
+        Ok(assemble(&links, &addrs, &routes))
     })
 }
 
-fn discover_blocking(label: &str) -> Result<Vec<IfaceFacts>, PodnetError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|source| PodnetError::Runtime {
-            netns: label.into(),
-            source,
-        })?;
-    rt.block_on(async {
-        // The socket is created here, in this thread's namespace.
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|source| PodnetError::Socket {
+/// Runs `f` with an rtnetlink handle of the calling thread's network namespace, on a runtime
+/// of its own. Inside a tokio runtime (where `block_on` would panic) it runs on a scoped
+/// thread, which shares the caller's namespace.
+fn with_netlink<T, F, Fut>(label: &str, f: F) -> Result<T, PodnetError>
+where
+    T: Send,
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: std::future::Future<Output = Result<T, PodnetError>>,
+{
+    let run = move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|source| PodnetError::Runtime {
                 netns: label.into(),
                 source,
             })?;
-        let conn = tokio::spawn(conn);
-        let out = dump_all(&handle, label).await;
-        conn.abort();
-        let (links, addrs, routes) = out?;
-        Ok(assemble(&links, &addrs, &routes))
+        rt.block_on(async {
+            // The socket is created here, in this thread's namespace.
+            let (conn, handle, _) =
+                rtnetlink::new_connection().map_err(|source| PodnetError::Socket {
+                    netns: label.into(),
+                    source,
+                })?;
+            let conn = tokio::spawn(conn);
+            let out = f(handle).await;
+            conn.abort();
+            out
+        })
+    };
+    if tokio::runtime::Handle::try_current().is_err() {
+        return run();
+    }
+    std::thread::scope(|s| {
+        s.spawn(run).join().map_err(|_| PodnetError::Panicked {
+            netns: label.into(),
+        })?
     })
 }
 
@@ -283,34 +294,7 @@ pub fn keep_resolved_current(targets: &[(String, IpAddr)]) -> Result<(), PodnetE
 }
 
 fn keep_resolved_labelled(label: &str, targets: &[(String, IpAddr)]) -> Result<(), PodnetError> {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return std::thread::scope(|s| {
-            s.spawn(|| keep_resolved_blocking(label, targets))
-                .join()
-                .map_err(|_| PodnetError::Panicked {
-                    netns: label.into(),
-                })?
-        });
-    }
-    keep_resolved_blocking(label, targets)
-}
-
-fn keep_resolved_blocking(label: &str, targets: &[(String, IpAddr)]) -> Result<(), PodnetError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|source| PodnetError::Runtime {
-            netns: label.into(),
-            source,
-        })?;
-    rt.block_on(async {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|source| PodnetError::Socket {
-                netns: label.into(),
-                source,
-            })?;
-        let conn = tokio::spawn(conn);
+    with_netlink(label, |handle| async move {
         let links: Vec<LinkMessage> = dump(label, "links", handle.link().get().execute()).await?;
         let links: Vec<LinkRec> = links.iter().filter_map(LinkRec::from_msg).collect();
         let mut result = Ok(());
@@ -338,7 +322,6 @@ fn keep_resolved_blocking(label: &str, targets: &[(String, IpAddr)]) -> Result<(
                 break;
             }
         }
-        conn.abort();
         result
     })
 }
