@@ -368,25 +368,33 @@ fn cmd_maps(root: &Path, status_file: &Path, output: Output) -> Result<()> {
     print(output, &report, cli_maps::render)
 }
 
-fn cmd_flows(root: &Path, status_file: &Path, output: Output) -> Result<()> {
-    let maps = open_maps(root)?;
-    let snap = Snapshot::read(&maps, true).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
-    let (_, cx) = context(status_file);
-    let index = cx.index.as_ref().ok();
+/// Flow rows decoded with the names the agent's files give (pods, slots, rules).
+fn flow_rows(
+    snap: &Snapshot,
+    flows: &[(veer_common::FlowKey, veer_common::FlowValue)],
+    cx: &Sources,
+) -> Vec<cli_flows::FlowRow> {
     let slots = cx.slots();
     let pods = cx.pods();
     let config = cli_maps::effective_config(&snap.config);
-    let rows = cli_flows::rows(
-        &snap.flows,
+    cli_flows::rows(
+        flows,
         &cli_flows::Context {
             ifaces: &snap.ifaces,
             slots: &slots,
             pods: &pods,
-            index,
+            index: cx.index.as_ref().ok(),
             config: &config,
             now_ns: cli::monotonic_ns(),
         },
-    );
+    )
+}
+
+fn cmd_flows(root: &Path, status_file: &Path, output: Output) -> Result<()> {
+    let maps = open_maps(root)?;
+    let snap = Snapshot::read(&maps, true).map_err(|e| anyhow::anyhow!(error_chain(&e)))?;
+    let (_, cx) = context(status_file);
+    let rows = flow_rows(&snap, &snap.flows, &cx);
     print(output, &rows, |r| cli_flows::render(r))
 }
 
@@ -485,18 +493,7 @@ fn cmd_trace(
         })
         .copied()
         .collect();
-    let config = cli_maps::effective_config(&snap.config);
-    let flow_rows = cli_flows::rows(
-        &pflows,
-        &cli_flows::Context {
-            ifaces: &snap.ifaces,
-            slots: &slots,
-            pods: &pods,
-            index,
-            config: &config,
-            now_ns: cli::monotonic_ns(),
-        },
-    );
+    let flow_rows = flow_rows(&snap, &pflows, &cx);
     let report = cli_trace::explain(&cli_trace::TraceInput {
         pod: label,
         netns_cookie: cookie,
