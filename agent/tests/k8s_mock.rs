@@ -1,12 +1,6 @@
-//! Kubernetes mode against a fake API server (kube's `Client` over a `tower_test` mock
-//! service; no cluster, no BPF).
-//!
-//! The fake serves lists and watches of every kind the agent reflects, keeps a change log with
-//! resource versions, parks watch requests until something changes (so a watch response holds
-//! the events after the requested version, like a real watch that ends), applies Route status
-//! patches with list-map merge semantics, accepts Events, and can fail lists or break watches
-//! (`410 Gone`) on demand. Every request it sees is recorded, and each test checks that the
-//! agent only made requests `veer_agent::k8s::API_ACCESS` (and so the ClusterRole) allows.
+//! Kubernetes mode against a fake API server (`veer_agent::k8s::testing`: kube's `Client` over
+//! a `tower_test` mock service; no cluster, no BPF). Each test checks that the agent only made
+//! requests `veer_agent::k8s::API_ACCESS` (and so the ClusterRole) allows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -15,424 +9,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use kube::Client;
-use kube::client::Body;
 use serde_json::{Value, json};
-use tower_test::mock;
 use veer_agent::config::PodSandbox;
 use veer_agent::config::compile::Compiled;
 use veer_agent::k8s::apply::{ApplyError, NodeDataplane, PodOutcome};
 use veer_agent::k8s::desired::{Desired, RulesetIds, desired_from_stores};
+use veer_agent::k8s::gc::prune_status;
 use veer_agent::k8s::status::{field_manager, patch_status};
+use veer_agent::k8s::testing::{FakeApi, Recorded, namespace, node, pod, route, service};
 use veer_agent::k8s::watch::Reflectors;
-use veer_agent::k8s::{K8sConfig, allowed, crd::RouteStatus, run_with};
+use veer_agent::k8s::{K8sConfig, crd::RouteStatus, run_with};
 
 const NODE: &str = "n1";
-
-// ---------------------------------------------------------------------------------------------
-// The fake API server.
-
-type Handle = mock::Handle<Request<Body>, Response<Body>>;
-type Responder = mock::SendResponse<Response<Body>>;
-
-#[derive(Debug, Clone)]
-struct Recorded {
-    method: String,
-    path: String,
-    query: BTreeMap<String, String>,
-    content_type: Option<String>,
-    body: Value,
-}
-
-struct Parked {
-    since: u64,
-    selector: Option<String>,
-    respond: Responder,
-}
-
-#[derive(Default)]
-struct Kind {
-    objects: BTreeMap<String, Value>,
-    log: Vec<(u64, &'static str, Value)>,
-    parked: Vec<Parked>,
-    fail_lists: bool,
-    /// The next watch (or the open ones) ends with 410 Gone.
-    expire: bool,
-}
-
-#[derive(Default)]
-struct State {
-    rv: u64,
-    kinds: BTreeMap<String, Kind>,
-    requests: Vec<Recorded>,
-    /// Behave like an apiserver with the original CRD installed: status fields other than
-    /// `status.status` are pruned.
-    prune_status: bool,
-}
-
-#[derive(Clone, Default)]
-struct FakeApi(Arc<Mutex<State>>);
-
-/// (group, version, namespace, resource, name, subresource) of an API path.
-struct ApiPath {
-    group: String,
-    namespace: Option<String>,
-    resource: String,
-    name: Option<String>,
-    sub: Option<String>,
-}
-
-fn parse_path(path: &str) -> Option<ApiPath> {
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (group, rest) = match segs.as_slice() {
-        ["api", _v, rest @ ..] => ("", rest),
-        ["apis", g, _v, rest @ ..] => (*g, rest),
-        _ => return None,
-    };
-    let (namespace, rest) = match rest {
-        ["namespaces", ns, r, tail @ ..] => (Some(ns.to_string()), [&[*r][..], tail].concat()),
-        r => (None, r.to_vec()),
-    };
-    Some(ApiPath {
-        group: group.to_string(),
-        namespace,
-        resource: rest.first()?.to_string(),
-        name: rest.get(1).map(|s| s.to_string()),
-        sub: rest.get(2).map(|s| s.to_string()),
-    })
-}
-
-fn query(uri: &http::Uri) -> BTreeMap<String, String> {
-    uri.query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|s| !s.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k.to_string(), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(if b[i] == b'+' { b' ' } else { b[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
-
-fn key_of(obj: &Value) -> String {
-    let m = &obj["metadata"];
-    match m["namespace"].as_str() {
-        Some(ns) => format!("{ns}/{}", m["name"].as_str().unwrap()),
-        None => m["name"].as_str().unwrap().to_string(),
-    }
-}
-
-/// Whether `obj` matches a field selector like `spec.nodeName=n1`.
-fn matches_selector(obj: &Value, selector: Option<&str>) -> bool {
-    selector.is_none_or(|sel| {
-        sel.split(',').filter(|s| !s.is_empty()).all(|term| {
-            let (path, want) = term.split_once('=').unwrap();
-            let ptr = format!("/{}", path.replace('.', "/"));
-            obj.pointer(&ptr).and_then(Value::as_str) == Some(want)
-        })
-    })
-}
-
-fn response(code: u16, body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
-}
-
-fn status_body(code: u16, reason: &str, message: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-           "code": code, "reason": reason, "message": message})
-}
-
-fn gone() -> Response<Body> {
-    watch_response(&[(
-        "ERROR",
-        status_body(410, "Expired", "too old resource version"),
-    )])
-}
-
-fn watch_response(events: &[(&'static str, Value)]) -> Response<Body> {
-    let mut body = Vec::new();
-    for (t, o) in events {
-        body.extend(serde_json::to_vec(&json!({"type": t, "object": o})).unwrap());
-        body.push(b'\n');
-    }
-    Response::builder()
-        .status(200)
-        .header("content-type", "application/json")
-        .body(Body::from(body))
-        .unwrap()
-}
-
-impl FakeApi {
-    /// A client talking to a new fake server (served on the current runtime).
-    fn start() -> (Self, Client) {
-        let (svc, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let api = FakeApi::default();
-        tokio::spawn(api.clone().serve(handle));
-        (api, Client::new(svc, "default"))
-    }
-
-    async fn serve(self, mut handle: Handle) {
-        while let Some((req, respond)) = handle.next_request().await {
-            let (parts, body) = req.into_parts();
-            let bytes = body
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let rec = Recorded {
-                method: parts.method.to_string(),
-                path: parts.uri.path().to_string(),
-                query: query(&parts.uri),
-                content_type: parts
-                    .headers
-                    .get("content-type")
-                    .map(|v| v.to_str().unwrap().to_string()),
-                body,
-            };
-            self.handle(rec, respond);
-        }
-    }
-
-    fn handle(&self, rec: Recorded, respond: Responder) {
-        let mut st = self.0.lock().unwrap();
-        st.requests.push(rec.clone());
-        let Some(p) = parse_path(&rec.path) else {
-            respond.send_response(response(404, &status_body(404, "NotFound", "no such path")));
-            return;
-        };
-        let rv = st.rv;
-        match (rec.method.as_str(), &p.name, &p.sub) {
-            ("GET", None, None) => {
-                let selector = rec.query.get("fieldSelector").cloned();
-                let kind = st.kinds.entry(p.resource.clone()).or_default();
-                if rec.query.get("watch").map(String::as_str) == Some("true") {
-                    let since: u64 = rec.query["resourceVersion"].parse().unwrap();
-                    let parked = Parked {
-                        since,
-                        selector,
-                        respond,
-                    };
-                    if kind.expire {
-                        kind.expire = false;
-                        parked.respond.send_response(gone());
-                    } else if let Some(p) = kind.try_serve(parked) {
-                        kind.parked.push(p);
-                    }
-                } else if kind.fail_lists {
-                    respond.send_response(response(
-                        500,
-                        &status_body(500, "InternalError", "etcd is away"),
-                    ));
-                } else {
-                    let items: Vec<&Value> = kind
-                        .objects
-                        .values()
-                        .filter(|o| matches_selector(o, selector.as_deref()))
-                        .collect();
-                    respond.send_response(response(
-                        200,
-                        &json!({"apiVersion": "v1", "kind": "List",
-                                "metadata": {"resourceVersion": rv.to_string()}, "items": items}),
-                    ));
-                }
-            }
-            ("PATCH", Some(name), Some(sub)) if sub == "status" => {
-                let key = name.clone();
-                let Some(mut obj) = st
-                    .kinds
-                    .get(&p.resource)
-                    .and_then(|k| k.objects.get(&key))
-                    .cloned()
-                else {
-                    respond.send_response(response(404, &status_body(404, "NotFound", "gone")));
-                    return;
-                };
-                merge_status(&mut obj["status"], &rec.body["status"]);
-                if st.prune_status {
-                    obj["status"] = json!({"status": obj["status"]["status"]});
-                }
-                drop(st);
-                let obj = self.put(&p.resource, obj);
-                respond.send_response(response(200, &obj));
-            }
-            ("POST", None, None) if p.resource == "events" => {
-                let mut ev = rec.body.clone();
-                ev["metadata"]["resourceVersion"] = json!("1");
-                respond.send_response(response(201, &ev));
-            }
-            _ => respond.send_response(response(405, &status_body(405, "MethodNotAllowed", ""))),
-        }
-    }
-
-    /// Adds or replaces an object (as a watch `ADDED`/`MODIFIED`). Returns it as stored.
-    fn put(&self, resource: &str, mut obj: Value) -> Value {
-        let mut st = self.0.lock().unwrap();
-        st.rv += 1;
-        let rv = st.rv;
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let key = key_of(&obj);
-        let kind = st.kinds.entry(resource.to_string()).or_default();
-        let t = if kind.objects.contains_key(&key) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        kind.objects.insert(key, obj.clone());
-        kind.log.push((rv, t, obj.clone()));
-        kind.wake();
-        obj
-    }
-
-    /// Deletes an object (a watch `DELETED`).
-    fn delete(&self, resource: &str, key: &str) {
-        let mut st = self.0.lock().unwrap();
-        st.rv += 1;
-        let rv = st.rv;
-        let kind = st.kinds.get_mut(resource).unwrap();
-        let mut obj = kind.objects.remove(key).unwrap();
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        kind.log.push((rv, "DELETED", obj));
-        kind.wake();
-    }
-
-    /// Ends the open watch of `resource` (or the next one) with `410 Gone`: the client must
-    /// relist.
-    fn expire_watches(&self, resource: &str) {
-        let mut st = self.0.lock().unwrap();
-        let kind = st.kinds.entry(resource.to_string()).or_default();
-        kind.expire = kind.parked.is_empty();
-        for p in kind.parked.drain(..) {
-            p.respond.send_response(gone());
-        }
-    }
-
-    fn fail_lists(&self, resource: &str, fail: bool) {
-        self.0
-            .lock()
-            .unwrap()
-            .kinds
-            .entry(resource.to_string())
-            .or_default()
-            .fail_lists = fail;
-    }
-
-    fn requests(&self) -> Vec<Recorded> {
-        self.0.lock().unwrap().requests.clone()
-    }
-
-    fn object(&self, resource: &str, key: &str) -> Option<Value> {
-        self.0
-            .lock()
-            .unwrap()
-            .kinds
-            .get(resource)
-            .and_then(|k| k.objects.get(key).cloned())
-    }
-
-    /// Every request so far is allowed by `API_ACCESS`.
-    fn assert_requests_allowed(&self) {
-        for r in self.requests() {
-            let p = parse_path(&r.path).unwrap();
-            let resource = match &p.sub {
-                Some(s) => format!("{}/{s}", p.resource),
-                None => p.resource.clone(),
-            };
-            let verb = match (r.method.as_str(), &p.name) {
-                ("GET", None) if r.query.get("watch").map(String::as_str) == Some("true") => {
-                    "watch"
-                }
-                ("GET", None) => "list",
-                ("GET", Some(_)) => "get",
-                ("PATCH", _) => "patch",
-                ("POST", _) => "create",
-                (m, _) => panic!("unexpected method {m}"),
-            };
-            assert!(
-                allowed(&p.group, &resource, verb),
-                "{} {} ({verb} {}/{resource}) is not in API_ACCESS",
-                r.method,
-                r.path,
-                p.group
-            );
-            let _ = &p.namespace;
-        }
-    }
-}
-
-impl Kind {
-    /// Serves a parked watch if events after its version exist; gives it back otherwise.
-    fn try_serve(&self, p: Parked) -> Option<Parked> {
-        let events: Vec<(&'static str, Value)> = self
-            .log
-            .iter()
-            .filter(|(rv, _, o)| *rv > p.since && matches_selector(o, p.selector.as_deref()))
-            .map(|(_, t, o)| (*t, o.clone()))
-            .collect();
-        if events.is_empty() {
-            return Some(p);
-        }
-        p.respond.send_response(watch_response(&events));
-        None
-    }
-
-    fn wake(&mut self) {
-        let parked = std::mem::take(&mut self.parked);
-        for p in parked {
-            if let Some(p) = self.try_serve(p) {
-                self.parked.push(p);
-            }
-        }
-    }
-}
-
-/// Server-side apply of a status, as the apiserver does it for this schema: scalars replaced,
-/// `conditions` merged by `type`, `nodes` merged by `node`.
-fn merge_status(cur: &mut Value, applied: &Value) {
-    if !cur.is_object() {
-        *cur = json!({});
-    }
-    for (k, v) in applied.as_object().unwrap() {
-        let key = match k.as_str() {
-            "conditions" => "type",
-            "nodes" => "node",
-            _ => {
-                cur[k] = v.clone();
-                continue;
-            }
-        };
-        let mut list: Vec<Value> = cur[k].as_array().cloned().unwrap_or_default();
-        for item in v.as_array().unwrap() {
-            match list.iter_mut().find(|x| x[key] == item[key]) {
-                Some(x) => *x = item.clone(),
-                None => list.push(item.clone()),
-            }
-        }
-        cur[k] = Value::Array(list);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Objects.
@@ -445,28 +33,6 @@ fn demo_route() -> Value {
     let mut v: Value = serde_saphyr::from_str(&text).unwrap();
     v["metadata"]["generation"] = json!(1);
     v
-}
-
-fn route(name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "k8s.ovn.org/v1", "kind": "Route",
-           "metadata": {"name": name, "generation": 1}, "spec": spec})
-}
-
-fn service(ns: &str, name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
-           "spec": spec})
-}
-
-fn pod(ns: &str, name: &str, node: &str, labels: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "labels": labels},
-           "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
-           "status": {"phase": "Running"}})
-}
-
-fn namespace(name: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Namespace",
-           "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}})
 }
 
 /// The demo's Services, a headless one with endpoints, two pods on this node (one labelled
@@ -513,7 +79,7 @@ fn seed_cluster(api: &FakeApi) {
     }
     // Kinds with no objects still answer lists.
     for k in ["replicasets", "jobs"] {
-        api.0.lock().unwrap().kinds.entry(k.into()).or_default();
+        api.add_kind(k);
     }
 }
 
@@ -1076,7 +642,7 @@ async fn the_agent_loop_applies_rules_and_reports_status() {
 #[tokio::test]
 async fn an_apiserver_that_prunes_the_status_gets_no_patch_storm() {
     let (api, client) = FakeApi::start();
-    api.0.lock().unwrap().prune_status = true;
+    api.set_prune_status(true);
     seed_cluster(&api);
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = K8sConfig::new(NODE, tmp.path().join("bpf"));
@@ -1171,8 +737,236 @@ async fn stale_pins_are_removed_once_after_the_first_round_without_pod_failures(
     api.assert_requests_allowed();
 }
 
-#[test]
-fn percent_decoding() {
-    assert_eq!(percent_decode("veer-agent%2Fn1"), "veer-agent/n1");
-    assert_eq!(percent_decode("spec.nodeName%3Dn1"), "spec.nodeName=n1");
+// ---------------------------------------------------------------------------------------------
+// Status entries of deleted nodes.
+
+/// The loop of node `NODE` with a dataplane double (no pods on disk), its status file, a
+/// 100 ms resync and no grace before pruning.
+struct Running {
+    record: Arc<Mutex<DpRecord>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Result<(), veer_agent::k8s::K8sError>>,
+    status_file: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(client: kube::Client) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = K8sConfig::new(NODE, tmp.path().join("bpf"));
+        cfg.cni_dir = tmp.path().join("cni");
+        cfg.netns_dir = tmp.path().join("netns");
+        cfg.status_file = Some(tmp.path().join("status.json"));
+        cfg.resync = Duration::from_millis(100);
+        cfg.debounce = Duration::from_millis(10);
+        cfg.node_gc_grace = Duration::ZERO;
+        let record = Arc::new(Mutex::new(DpRecord::default()));
+        let dp = FakeDp {
+            applied: Compiled::default(),
+            record: record.clone(),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run_with(client, cfg.clone(), dp, stop.clone()));
+        Self {
+            record,
+            stop,
+            task,
+            status_file: cfg.status_file.unwrap(),
+            _tmp: tmp,
+        }
+    }
+
+    fn rounds(&self) -> usize {
+        self.record.lock().unwrap().rounds.len()
+    }
+
+    async fn more_rounds(&self, n: usize) {
+        let from = self.rounds();
+        eventually("more rounds", || self.rounds() >= from + n).await;
+    }
+
+    fn degraded(&self) -> bool {
+        std::fs::read(&self.status_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .is_some_and(|v| v["degraded"] == true)
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn status_nodes(api: &FakeApi, route: &str) -> Vec<String> {
+    api.object("routes", route).unwrap()["status"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| n["node"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn json_patches(api: &FakeApi) -> Vec<Recorded> {
+    api.requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "PATCH" && r.content_type.as_deref() == Some("application/json-patch+json")
+        })
+        .collect()
+}
+
+/// The seed cluster, Nodes `n1`..`n3`, and the demo Route with entries of n2, n3 and of two
+/// deleted nodes; the web Route with an entry of n2 only.
+fn seed_with_node_entries(api: &FakeApi) {
+    seed_cluster(api);
+    for n in [NODE, "n2", "n3"] {
+        api.put("nodes", node(n));
+    }
+    let mut demo = demo_route();
+    demo["status"] = json!({"nodes": [
+        {"node": "n2", "selected": 1, "applied": 1},
+        {"node": "gone-a", "selected": 4},
+        {"node": "n3", "selected": 2, "applied": 2},
+        {"node": "gone-b"},
+    ]});
+    api.put("routes", demo);
+    let mut web = web_route();
+    web["status"] = json!({"nodes": [{"node": "n2", "selected": 3}]});
+    api.put("routes", web);
+}
+
+#[tokio::test]
+async fn status_entries_of_deleted_nodes_are_removed_by_a_guarded_json_patch() {
+    let (api, client) = FakeApi::start();
+    seed_with_node_entries(&api);
+    let agent = Running::start(client);
+
+    eventually("entries of deleted nodes removed", || {
+        status_nodes(&api, "demo") == ["n2", "n3", NODE]
+    })
+    .await;
+    let jp = json_patches(&api);
+    assert_eq!(jp[0].path, "/apis/k8s.ovn.org/v1/routes/demo/status");
+    assert_eq!(
+        jp[0].body,
+        json!([
+            {"op": "test", "path": "/status/nodes/3/node", "value": "gone-b"},
+            {"op": "remove", "path": "/status/nodes/3"},
+            {"op": "test", "path": "/status/nodes/1/node", "value": "gone-a"},
+            {"op": "remove", "path": "/status/nodes/1"},
+        ]),
+        "each removal guarded by a test of its index and node, highest index first"
+    );
+    assert_eq!(
+        jp[0].query.get("fieldManager").map(String::as_str),
+        Some("veer-agent/n1")
+    );
+
+    // Later rounds: entries of existing nodes are never touched.
+    agent.more_rounds(3).await;
+    for r in json_patches(&api) {
+        let ops = r.body.as_array().unwrap();
+        assert!(
+            ops.iter()
+                .filter(|o| o["op"] == "test")
+                .all(|o| o["value"] == "gone-a" || o["value"] == "gone-b"),
+            "{ops:?}"
+        );
+        assert!(ops.iter().all(|o| o["op"] == "test" || o["op"] == "remove"));
+    }
+    let demo = api.object("routes", "demo").unwrap();
+    assert_eq!(demo["status"]["nodes"][0]["selected"], 1);
+    assert_eq!(demo["status"]["nodes"][1]["applied"], 2);
+    assert_eq!(status_nodes(&api, "web"), ["n2", NODE]);
+    assert_eq!(
+        api.object("routes", "web").unwrap()["status"]["nodes"][0]["selected"],
+        3
+    );
+
+    // A node deleted while a watch is failing keeps its entry until the watches are healthy.
+    api.fail_lists("routes", true);
+    api.expire_watches("routes");
+    eventually("a degraded round", || agent.degraded()).await;
+    let patches = json_patches(&api).len();
+    api.delete("nodes", "n3");
+    agent.more_rounds(3).await;
+    assert!(agent.degraded());
+    assert_eq!(
+        json_patches(&api).len(),
+        patches,
+        "nothing pruned while degraded"
+    );
+    assert_eq!(status_nodes(&api, "demo"), ["n2", "n3", NODE]);
+    api.fail_lists("routes", false);
+    eventually("n3's entry removed once healthy", || {
+        status_nodes(&api, "demo") == ["n2", NODE]
+    })
+    .await;
+    assert_eq!(status_nodes(&api, "web"), ["n2", NODE]);
+    agent.stop().await;
+    api.assert_requests_allowed();
+}
+
+#[tokio::test]
+async fn nothing_is_pruned_before_the_node_store_listed() {
+    let (api, client) = FakeApi::start();
+    seed_with_node_entries(&api);
+    api.hold_lists("nodes", true);
+    let agent = Running::start(client);
+
+    // The dataplane and the node's own status do not wait for the Nodes store.
+    eventually("own entry written", || {
+        status_nodes(&api, "demo").contains(&NODE.to_string())
+    })
+    .await;
+    agent.more_rounds(3).await;
+    assert!(!agent.degraded());
+    assert!(
+        json_patches(&api).is_empty(),
+        "no Node list yet: no evidence"
+    );
+    assert_eq!(
+        status_nodes(&api, "demo"),
+        ["n2", "gone-a", "n3", "gone-b", NODE]
+    );
+
+    api.hold_lists("nodes", false);
+    eventually("pruned after the list", || {
+        status_nodes(&api, "demo") == ["n2", "n3", NODE]
+    })
+    .await;
+    agent.stop().await;
+    api.assert_requests_allowed();
+}
+
+#[tokio::test]
+async fn a_prune_patch_for_entries_that_moved_is_refused_and_changes_nothing() {
+    let (api, client) = FakeApi::start();
+    let mut demo = demo_route();
+    demo["status"] = json!({"nodes": [{"node": "gone"}, {"node": "n2"}]});
+    api.put("routes", demo);
+    // Another agent already pruned and the list moved: index 1 now holds n2.
+    let err = prune_status(&client, NODE, "demo", &[(1, "gone".into())])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 422),
+        "{err:?}"
+    );
+    assert_eq!(status_nodes(&api, "demo"), ["gone", "n2"]);
+    let back = prune_status(&client, NODE, "demo", &[(0, "gone".into())])
+        .await
+        .unwrap();
+    let nodes: Vec<&str> = back
+        .status
+        .as_ref()
+        .unwrap()
+        .nodes
+        .iter()
+        .map(|n| n.node.as_str())
+        .collect();
+    assert_eq!(nodes, ["n2"]);
+    assert_eq!(status_nodes(&api, "demo"), ["n2"]);
+    api.assert_requests_allowed();
 }

@@ -3,12 +3,15 @@
 //! - [`crd`]: the `Route` CRD generated from the Rust types (`veer-crdgen`,
 //!   `manifests/crd.yaml`) and the status types;
 //! - [`watch`]: reflectors for Routes, Services, EndpointSlices, this node's Pods, and the
-//!   metadata of Namespaces, ReplicaSets and Jobs;
+//!   metadata of Namespaces, ReplicaSets, Jobs and Nodes;
 //! - [`select`]: which pods a Route applies to (a pure function);
 //! - [`desired`]: the desired state from the stores (a pure function): compiler inputs,
 //!   rulesets and the ruleset of every pod;
 //! - [`apply`]: handing it to the dataplane ([`apply::NodeDataplane`]);
-//! - [`status`]: Route status by server-side apply (one entry per node) and Events.
+//! - [`status`]: Route status by server-side apply (one entry per node) and Events;
+//! - [`gc`]: removing the status entries of deleted nodes (JSON patch guarded by `test`);
+//! - `testing` (cargo feature `testing`): a fake API server for the mock-API tests and the
+//!   watch-latency benchmark.
 //!
 //! The loop ([`run`], [`run_with`]) is level-triggered: any relevant change (or the resync
 //! interval, or a change in the CNI result cache) starts a round that recomputes the whole
@@ -24,8 +27,11 @@
 pub mod apply;
 pub mod crd;
 pub mod desired;
+pub mod gc;
 pub mod select;
 pub mod status;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -67,8 +73,9 @@ pub struct ApiAccess {
 
 const LIST_WATCH: &[&str] = &["list", "watch"];
 
-/// Every API access of the agent: the reflectors list and watch, the status is applied
-/// (`patch`), Events are created and patched (series) by kube's event recorder.
+/// Every API access of the agent: the reflectors list and watch, the status is applied and the
+/// entries of deleted nodes are removed (`patch`), Events are created and patched (series) by
+/// kube's event recorder.
 pub const API_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "k8s.ovn.org",
@@ -93,6 +100,11 @@ pub const API_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "",
         resource: "namespaces",
+        verbs: LIST_WATCH,
+    },
+    ApiAccess {
+        group: "",
+        resource: "nodes",
         verbs: LIST_WATCH,
     },
     ApiAccess {
@@ -141,10 +153,14 @@ pub struct K8sConfig {
     pub resync: Duration,
     /// Quiet time after a change before a round starts (coalesces bursts of events).
     pub debounce: Duration,
+    /// How long a status entry of a node that no longer exists stays before this agent's turn
+    /// to remove it comes (see [`gc`]).
+    pub node_gc_grace: Duration,
 }
 
 impl K8sConfig {
-    /// Defaults for a node: the usual host paths, resync every 30 s, 200 ms debounce.
+    /// Defaults for a node: the usual host paths, resync every 30 s, 200 ms debounce, 30 s
+    /// grace before removing the status entries of deleted nodes.
     pub fn new(node_name: impl Into<String>, bpffs_root: impl Into<PathBuf>) -> Self {
         Self {
             node_name: node_name.into(),
@@ -154,6 +170,7 @@ impl K8sConfig {
             status_file: None,
             resync: Duration::from_secs(30),
             debounce: Duration::from_millis(200),
+            node_gc_grace: Duration::from_secs(30),
         }
     }
 }
@@ -271,6 +288,7 @@ pub async fn run_with<D: NodeDataplane>(
     }
     tracing::info!(%node, "caches synced; reconciling");
 
+    let node_gc_grace = cfg.node_gc_grace;
     let mut agent = Agent {
         recorder: Recorder::new(
             client.clone(),
@@ -284,6 +302,7 @@ pub async fn run_with<D: NodeDataplane>(
         dp: Some(dp),
         ruleset_ids: RulesetIds::new(),
         events: EventMemory::default(),
+        gc: gc::NodeGc::new(node_gc_grace),
         written: BTreeMap::new(),
         first: true,
         stale_pending: true,
@@ -344,6 +363,7 @@ struct Agent<D> {
     dp: Option<D>,
     ruleset_ids: RulesetIds,
     events: EventMemory,
+    gc: gc::NodeGc,
     /// Per Route: the status this node last applied (without transition times) and the status
     /// the server answered with. When the object still shows that answer and this node would
     /// apply the same again, it does not: an apiserver that prunes fields (an older CRD
@@ -437,6 +457,9 @@ impl<D: NodeDataplane> Agent<D> {
         // only wait for timeouts. The next healthy round writes it.
         if !refl.health.degraded() {
             self.publish_status(&snap.routes, &round).await;
+            if refl.health.synced(watch::NODES) {
+                self.prune_deleted_nodes(&snap.routes, refl).await;
+            }
         }
 
         if let Some(path) = self.cfg.status_file.clone() {
@@ -494,6 +517,52 @@ impl<D: NodeDataplane> Agent<D> {
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
                     tracing::warn!(route = %name, error = %e, "cannot write Route status; retrying next round")
+                }
+            }
+        }
+    }
+
+    /// Removes the status entries of nodes that no longer exist (see [`gc`]). Call only with
+    /// a listed Nodes store and healthy watches.
+    async fn prune_deleted_nodes(&mut self, routes: &[Arc<crd::Route>], refl: &Reflectors) {
+        let live: BTreeSet<String> = refl
+            .stores
+            .nodes
+            .state()
+            .iter()
+            .map(|n| n.name_any())
+            .collect();
+        if !live.contains(&self.cfg.node_name) {
+            // A store without this agent's own Node is no evidence about the others.
+            tracing::debug!("this node is not in the Nodes store yet; not pruning status entries");
+            return;
+        }
+        let names: Vec<String> = routes.iter().map(|r| r.name_any()).collect();
+        let due = self.gc.due(
+            Instant::now(),
+            &self.cfg.node_name,
+            &live,
+            names
+                .iter()
+                .zip(routes)
+                .map(|(n, r)| (n.as_str(), r.status.as_ref())),
+        );
+        for p in due {
+            let dead: Vec<&str> = p.entries.iter().map(|(_, n)| n.as_str()).collect();
+            let call = gc::prune_status(&self.client, &self.cfg.node_name, &p.route, &p.entries);
+            match tokio::time::timeout(API_TIMEOUT, call).await {
+                Ok(Ok(_)) => {
+                    tracing::info!(route = %p.route, nodes = ?dead, "status entries of deleted nodes removed")
+                }
+                Ok(Err(kube::Error::Api(s))) if s.code == 422 => {
+                    tracing::debug!(route = %p.route, nodes = ?dead, "status entries moved or already removed; deciding again next round")
+                }
+                Ok(Err(kube::Error::Api(s))) if s.code == 404 => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(route = %p.route, error = %e, "cannot remove status entries of deleted nodes; retrying next round")
+                }
+                Err(_) => {
+                    tracing::warn!(route = %p.route, "removing status entries of deleted nodes timed out; retrying next round")
                 }
             }
         }
@@ -580,7 +649,7 @@ mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::ReplicaSet;
     use k8s_openapi::api::batch::v1::Job;
-    use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+    use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use kube::Resource;
 
@@ -596,6 +665,7 @@ mod tests {
             gr::<EndpointSlice>(),
             gr::<Pod>(),
             gr::<Namespace>(),
+            gr::<Node>(),
             gr::<ReplicaSet>(),
             gr::<Job>(),
         ];
@@ -614,6 +684,7 @@ mod tests {
             "never writes specs"
         );
         assert!(allowed("events.k8s.io", "events", "create"));
+        assert!(!allowed("", "nodes", "patch"), "never writes Nodes");
     }
 
     #[test]

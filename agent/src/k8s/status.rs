@@ -8,7 +8,8 @@
 //!   conflict. `lastTransitionTime` is carried over from the object when the condition's status
 //!   is unchanged, so the value converges too;
 //! - `status.nodes`: **only this node's entry**. `nodes` is a list-map keyed by `node`, so the
-//!   entry belongs to this node's manager alone and other nodes' entries are untouched.
+//!   entry belongs to this node's manager alone and other nodes' entries are untouched (the
+//!   entries of deleted nodes are removed by [`super::gc`]).
 //!
 //! A patch is sent only when the object's status differs from what this node would apply
 //! ([`needs_patch`]), so steady state costs no writes. Events (`InvalidSpec`,

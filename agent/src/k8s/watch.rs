@@ -3,7 +3,11 @@
 //! One kube-runtime `watcher` + reflector per kind (see [`super::API_ACCESS`] for the exact
 //! list): Routes, Services, EndpointSlices (full objects), this node's Pods (field selector
 //! `spec.nodeName=<node>`), and the metadata only of Namespaces (labels), ReplicaSets and Jobs
-//! (owner references). `managedFields` are dropped before caching.
+//! (owner references) and Nodes (names: the status entries of deleted nodes are pruned, see
+//! [`super::gc`]). `managedFields` are dropped before caching.
+//!
+//! The agent waits for every store but the Nodes store before its first round (the dataplane
+//! does not depend on Nodes); the pruning waits for the Nodes store's own first list.
 //!
 //! Outages and relists: a store starts empty and becomes *ready* after its first complete list
 //! ([`Reflectors::wait_ready`]); the agent computes nothing before every store is ready, so an
@@ -22,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -45,6 +49,8 @@ pub struct Stores {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub replicasets: Store<PartialObjectMeta<ReplicaSet>>,
     pub jobs: Store<PartialObjectMeta<Job>>,
+    /// Node metadata (not part of [`Stores::snapshot`]: only the status pruning uses it).
+    pub nodes: Store<PartialObjectMeta<Node>>,
 }
 
 impl Stores {
@@ -92,6 +98,15 @@ impl Health {
     pub fn all_synced(&self) -> bool {
         let s = self.streams.lock().expect("health lock");
         !s.is_empty() && s.values().all(|h| h.synced)
+    }
+
+    /// Stream `name` has listed once.
+    pub fn synced(&self, name: &str) -> bool {
+        self.streams
+            .lock()
+            .expect("health lock")
+            .get(name)
+            .is_some_and(|h| h.synced)
     }
 
     /// Some stream's last item was an error (the API server is unreachable or refusing).
@@ -165,6 +180,16 @@ fn route_trigger(seen: &mut BTreeMap<String, Option<i64>>, ev: &watcher::Event<R
         }
         watcher::Event::Init | watcher::Event::InitDone => true,
     }
+}
+
+/// The name of the Nodes stream in [`Health`].
+pub const NODES: &str = "nodes";
+
+/// Whether an event of the Nodes stream should wake the agent: deletions and the end of a
+/// (re)list (which may reveal deletions) only. Nodes change all the time (status, heartbeats);
+/// the agent's dataplane does not depend on them.
+fn node_trigger<K>(ev: &watcher::Event<K>) -> bool {
+    matches!(ev, watcher::Event::Delete(_) | watcher::Event::InitDone)
 }
 
 fn drive<K, S>(
@@ -290,11 +315,20 @@ impl Reflectors {
         let (jobs, w) = reflector::store::<PartialObjectMeta<Job>>();
         tasks.push(drive(
             "jobs",
-            full(Api::<PartialObjectMeta<Job>>::all(client), all()),
+            full(Api::<PartialObjectMeta<Job>>::all(client.clone()), all()),
             w,
             health.clone(),
             changed.clone(),
             |_| true,
+        ));
+        let (nodes, w) = reflector::store::<PartialObjectMeta<Node>>();
+        tasks.push(drive(
+            NODES,
+            full(Api::<PartialObjectMeta<Node>>::all(client), all()),
+            w,
+            health.clone(),
+            changed.clone(),
+            node_trigger,
         ));
 
         Self {
@@ -306,6 +340,7 @@ impl Reflectors {
                 namespaces,
                 replicasets,
                 jobs,
+                nodes,
             },
             health,
             changed,
@@ -358,13 +393,24 @@ mod tests {
     }
 
     #[test]
+    fn only_node_deletions_and_relists_wake_the_agent() {
+        let n = || PartialObjectMeta::<Node>::default();
+        assert!(!node_trigger(&watcher::Event::Apply(n())));
+        assert!(!node_trigger(&watcher::Event::InitApply(n())));
+        assert!(!node_trigger(&watcher::Event::<Node>::Init));
+        assert!(node_trigger(&watcher::Event::Delete(n())));
+        assert!(node_trigger(&watcher::Event::<Node>::InitDone));
+    }
+
+    #[test]
     fn health_tracks_sync_and_errors() {
         let h = Health::default();
         h.register("pods");
-        assert!(!h.all_synced());
+        assert!(!h.all_synced() && !h.synced("pods"));
         h.event::<Pod>("pods", &watcher::Event::Init);
         h.event::<Pod>("pods", &watcher::Event::InitDone);
-        assert!(h.all_synced() && !h.degraded());
+        assert!(h.all_synced() && !h.degraded() && h.synced("pods"));
+        assert!(!h.synced("nodes"), "unknown stream");
         h.error("pods", &watcher::Error::NoResourceVersion);
         assert!(h.degraded() && h.all_synced());
         assert_eq!(h.get()["pods"].errors, 1);
