@@ -475,7 +475,7 @@ async fn the_agent_loop_applies_rules_and_reports_status() {
     cfg.netns_dir = netns_dir;
     cfg.status_file = Some(tmp.path().join("status.json"));
     cfg.resync = Duration::from_millis(300);
-    cfg.debounce = Duration::from_millis(20);
+    cfg.coalesce = Duration::from_millis(20);
 
     let record = Arc::new(Mutex::new(DpRecord::default()));
     let dp = FakeDp {
@@ -649,7 +649,7 @@ async fn an_apiserver_that_prunes_the_status_gets_no_patch_storm() {
     cfg.cni_dir = tmp.path().join("cni");
     cfg.netns_dir = tmp.path().join("netns");
     cfg.resync = Duration::from_millis(100);
-    cfg.debounce = Duration::from_millis(10);
+    cfg.coalesce = Duration::from_millis(10);
     let record = Arc::new(Mutex::new(DpRecord::default()));
     let dp = FakeDp {
         applied: Compiled::default(),
@@ -684,7 +684,7 @@ async fn stale_pins_are_removed_once_after_the_first_round_without_pod_failures(
     write_cni_result(&cfg.cni_dir, "default", "web-1", "uid-web-1");
     write_cni_result(&cfg.cni_dir, "default", "db-1", "uid-db-1");
     cfg.resync = Duration::from_millis(50);
-    cfg.debounce = Duration::from_millis(10);
+    cfg.coalesce = Duration::from_millis(10);
     let record = Arc::new(Mutex::new(DpRecord {
         failing: ["db-1".to_string()].into(),
         ..Default::default()
@@ -758,7 +758,7 @@ impl Running {
         cfg.netns_dir = tmp.path().join("netns");
         cfg.status_file = Some(tmp.path().join("status.json"));
         cfg.resync = Duration::from_millis(100);
-        cfg.debounce = Duration::from_millis(10);
+        cfg.coalesce = Duration::from_millis(10);
         cfg.node_gc_grace = Duration::ZERO;
         let record = Arc::new(Mutex::new(DpRecord::default()));
         let dp = FakeDp {
@@ -968,5 +968,64 @@ async fn a_prune_patch_for_entries_that_moved_is_refused_and_changes_nothing() {
         .collect();
     assert_eq!(nodes, ["n2"]);
     assert_eq!(status_nodes(&api, "demo"), ["n2"]);
+    api.assert_requests_allowed();
+}
+
+#[tokio::test]
+async fn a_burst_of_events_costs_few_rounds_and_the_last_state_is_applied() {
+    const N: usize = 50;
+    let (api, client) = FakeApi::start();
+    seed_cluster(&api);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = K8sConfig::new(NODE, tmp.path().join("bpf"));
+    cfg.cni_dir = tmp.path().join("cni");
+    cfg.netns_dir = tmp.path().join("netns");
+    std::fs::create_dir_all(&cfg.cni_dir).unwrap();
+    write_cni_result(&cfg.cni_dir, "default", "db-1", "uid-db-1");
+    // The default coalescing window and minimum interval between rounds.
+    cfg.resync = Duration::from_secs(3600);
+    let record = Arc::new(Mutex::new(DpRecord::default()));
+    let dp = FakeDp {
+        applied: Compiled::default(),
+        record: record.clone(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let agent = tokio::spawn(run_with(client, cfg, dp, stop.clone()));
+    let rounds = || record.lock().unwrap().rounds.len();
+    eventually("the first round", || rounds() >= 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rounds();
+
+    // N changes of Service default/nginx (which the demo Route steers by eth1).
+    let ip = |i: usize| format!("10.86.{}.{}", 100 + i / 200, 1 + i % 200);
+    // A millisecond apart: each change is delivered (the fake serves the watch, the reflector
+    // updates its store and wakes the loop) and a round could run before the next.
+    for i in 0..N {
+        api.put(
+            "services",
+            service("default", "nginx", json!({"clusterIP": ip(i)})),
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let last: IpAddr = ip(N - 1).parse().unwrap();
+    let has_last = |c: &Compiled| c.entries.keys().any(|(_, net)| net.addr() == last);
+    eventually("the last address applied", || {
+        has_last(&record.lock().unwrap().rounds.last().unwrap().0)
+    })
+    .await;
+    // Level-triggered: once the last state is in, later rounds (if any) change nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let rec = record.lock().unwrap();
+        let during = rec.rounds.len() - before;
+        assert!(during >= 1);
+        assert!(
+            during <= N / 5,
+            "{N} events cost {during} rounds: bursts are coalesced"
+        );
+        assert!(has_last(&rec.rounds.last().unwrap().0));
+    }
+    stop.store(true, Ordering::Relaxed);
+    agent.await.unwrap().unwrap();
     api.assert_requests_allowed();
 }

@@ -14,7 +14,9 @@
 //!   watch-latency benchmark.
 //!
 //! The loop ([`run`], [`run_with`]) is level-triggered: any relevant change (or the resync
-//! interval, or a change in the CNI result cache) starts a round that recomputes the whole
+//! interval, or a change in the CNI result cache) starts a round — at once after a quiet period
+//! (a 5 ms coalescing window), at most one per 100 ms during bursts ([`next_round_at`]) — that
+//! recomputes the whole
 //! desired state from the stores, compiles it against what is applied, writes the difference,
 //! and brings the managed pods (CNI sandboxes matched to API pods by UID) in line. Nothing is
 //! computed before every store has listed once; after that the stores are always complete
@@ -40,6 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
@@ -151,16 +154,21 @@ pub struct K8sConfig {
     pub status_file: Option<PathBuf>,
     /// Full resync interval.
     pub resync: Duration,
-    /// Quiet time after a change before a round starts (coalesces bursts of events).
-    pub debounce: Duration,
+    /// How long the round for a change waits for the changes that come with it (see
+    /// [`next_round_at`]): a few ms, so a watch event reaches the maps at once.
+    pub coalesce: Duration,
+    /// The least time between the starts of two rounds: a burst of changes costs one round
+    /// per interval.
+    pub min_interval: Duration,
     /// How long a status entry of a node that no longer exists stays before this agent's turn
     /// to remove it comes (see [`gc`]).
     pub node_gc_grace: Duration,
 }
 
 impl K8sConfig {
-    /// Defaults for a node: the usual host paths, resync every 30 s, 200 ms debounce, 30 s
-    /// grace before removing the status entries of deleted nodes.
+    /// Defaults for a node: the usual host paths, resync every 30 s, rounds 5 ms after a change
+    /// and at most every 100 ms, 30 s grace before removing the status entries of deleted
+    /// nodes.
     pub fn new(node_name: impl Into<String>, bpffs_root: impl Into<PathBuf>) -> Self {
         Self {
             node_name: node_name.into(),
@@ -169,7 +177,8 @@ impl K8sConfig {
             bpffs_root: bpffs_root.into(),
             status_file: None,
             resync: Duration::from_secs(30),
-            debounce: Duration::from_millis(200),
+            coalesce: Duration::from_millis(5),
+            min_interval: Duration::from_millis(100),
             node_gc_grace: Duration::from_secs(30),
         }
     }
@@ -309,31 +318,52 @@ pub async fn run_with<D: NodeDataplane>(
         round: 0,
     };
     while !stop.load(Ordering::Relaxed) {
-        let started = Instant::now();
+        let started = tokio::time::Instant::now();
+        // Every change so far is in this round's snapshot: drop its pending wake-up (a change
+        // arriving from here on wakes the loop again after the round).
+        let _ = refl.changed.notified().now_or_never();
         agent.round(&refl).await?;
         tracing::debug!(
             round = agent.round,
             ms = started.elapsed().as_millis(),
             "reconciled"
         );
-        // Wait for a change (then a quiet time to coalesce bursts), the resync interval, or stop.
-        let deadline = tokio::time::Instant::now() + agent.cfg.resync;
+        // Wait for a change, the resync interval, or stop.
+        let resync_at = started + agent.cfg.resync;
         loop {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
             tokio::select! {
                 _ = refl.changed.notified() => {
-                    tokio::time::sleep(agent.cfg.debounce).await;
+                    let at = next_round_at(
+                        tokio::time::Instant::now(),
+                        started,
+                        agent.cfg.coalesce,
+                        agent.cfg.min_interval,
+                    );
+                    tokio::time::sleep_until(at).await;
                     break;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    if tokio::time::Instant::now() >= deadline { break; }
+                    if tokio::time::Instant::now() >= resync_at { break; }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// When the round for a change noticed at `changed` starts, the previous round having started
+/// at `last_start`: leading edge — after a quiet period at once, give or take the `coalesce`
+/// window (events of one API change arrive together: a Service and its EndpointSlice); while
+/// rounds are frequent, no sooner than `min_interval` after the previous one started (every
+/// change meanwhile joins that round, so a burst costs one round per interval).
+pub fn next_round_at<I>(changed: I, last_start: I, coalesce: Duration, min_interval: Duration) -> I
+where
+    I: Ord + std::ops::Add<Duration, Output = I>,
+{
+    (changed + coalesce).max(last_start + min_interval)
 }
 
 fn watch_dirs(
@@ -342,7 +372,9 @@ fn watch_dirs(
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
+        // Not for reads: every round reads the CNI result files, which would wake the loop
+        // again and again.
+        if ev.is_ok_and(|ev| !is_read(&ev.kind)) {
             on_change();
         }
     })
@@ -353,6 +385,17 @@ fn watch_dirs(
         }
     }
     Some(w)
+}
+
+/// Whether a file watch event only says a file was read (opened, read, closed unmodified).
+fn is_read(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(
+        kind,
+        notify::EventKind::Access(
+            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+        )
+    )
 }
 
 struct Agent<D> {
@@ -685,6 +728,36 @@ mod tests {
         );
         assert!(allowed("events.k8s.io", "events", "create"));
         assert!(!allowed("", "nodes", "patch"), "never writes Nodes");
+    }
+
+    #[test]
+    fn rounds_start_on_the_leading_edge_and_bursts_are_rate_limited() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let at = |changed: u64, last: u64| {
+            next_round_at(t0 + ms(changed), t0 + ms(last), ms(5), ms(100)) - t0
+        };
+        // Quiet for a while: the round starts after the coalescing window only.
+        assert_eq!(at(1_000, 0), ms(1_005));
+        assert_eq!(at(100, 0), ms(105));
+        // Soon after the previous round: no sooner than the interval.
+        assert_eq!(at(10, 0), ms(100));
+        assert_eq!(at(96, 0), ms(101));
+    }
+
+    #[test]
+    fn reading_the_cni_files_does_not_wake_the_loop() {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        assert!(is_read(&EventKind::Access(AccessKind::Read)));
+        assert!(is_read(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!is_read(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!is_read(&EventKind::Create(CreateKind::File)));
+        assert!(!is_read(&EventKind::Modify(ModifyKind::Any)));
     }
 
     #[test]
