@@ -935,6 +935,9 @@ mod tests {
         assert!(!base.rule_ids.values().any(|id| *id == 99));
         assert!(base.entries.is_empty());
         // Empty tries: nothing.
-        assert_eq!(base_from_live(&fresh, &BTreeMap::new()), Compiled::default());
+        assert_eq!(
+            base_from_live(&fresh, &BTreeMap::new()),
+            Compiled::default()
+        );
     }
 }
