@@ -5,12 +5,15 @@
 //!   request/response latency, each veer-steered against the routed design (parts B and C);
 //! - [`fanout`]: lean pods (a namespace with two veths each), rule fan-out against the best
 //!   netlink implementation of the routed design and `ip` per pod, pod attach latency and the
-//!   agent's footprint (parts D and E).
+//!   agent's footprint (parts D and E);
+//! - [`k8s`]: Kubernetes mode, watch event → rule in the pinned trie, with the real agent loop
+//!   against a fake API server (part F).
 //!
 //! Every figure is the median of interleaved runs (A B A B …) with the spread (min–max of the
 //! runs) shown next to it. Nothing here asserts on a time: the output is a report.
 
 pub mod fanout;
+pub mod k8s;
 pub mod plot;
 pub mod traffic;
 

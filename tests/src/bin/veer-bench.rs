@@ -4,11 +4,12 @@
 //!   classifier, interleaved (A B C … A B C …), over pools of 256 different packets so the trie
 //!   and flow table are not only cache-hot;
 //! - B, C ([`veer_tests::bench::traffic`]): CPU per packet, TCP throughput, UDP latency;
-//! - D, E ([`veer_tests::bench::fanout`]): fan-out to many pods, attach latency, footprint.
+//! - D, E ([`veer_tests::bench::fanout`]): fan-out to many pods, attach latency, footprint;
+//! - F ([`veer_tests::bench::k8s`]): Kubernetes mode, watch event → rule in the pinned trie.
 //!
 //! Every figure is the median over interleaved rounds with the spread (min–max) shown.
 //!
-//! Usage: `veer-bench [--quick] [--parts abcde] [--out DIR] [--doc PATH]` (root). Writes
+//! Usage: `veer-bench [--quick] [--parts abcdef] [--out DIR] [--doc PATH]` (root). Writes
 //! `DIR/<part>.json`, `DIR/report.md` and the plots to `DIR`; with `--doc`, also the report to
 //! PATH and its plots to `<PATH's directory>/benchmarks/`.
 
@@ -29,7 +30,7 @@ use veer_agent::maps::{rule4_key, rule6_key};
 use veer_common::RuleValue;
 use veer_tests::{
     bench::{
-        Aim, J, Section, Spread, fanout, machine,
+        Aim, J, Section, Spread, fanout, k8s, machine,
         plot::{self, Axes, Series},
         traffic,
     },
@@ -48,7 +49,7 @@ struct Opts {
 fn opts() -> Opts {
     let mut o = Opts {
         quick: false,
-        parts: "abcde".into(),
+        parts: "abcdef".into(),
         out: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench")),
         doc: None,
     };
@@ -56,7 +57,7 @@ fn opts() -> Opts {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => o.quick = true,
-            "--parts" => o.parts = args.next().expect("--parts abcde"),
+            "--parts" => o.parts = args.next().expect("--parts abcdef"),
             "--out" => o.out = args.next().map(PathBuf::from).expect("--out DIR"),
             "--doc" => o.doc = args.next().map(PathBuf::from),
             other => panic!("unknown argument {other}"),
@@ -510,6 +511,10 @@ fn main() {
         sections.extend(fanout::run(&fanout::FanoutOpts::new(o.quick)));
         eprintln!("veer-bench: parts D, E done");
     }
+    if o.parts.contains('f') {
+        sections.push(k8s::run(&k8s::K8sOpts::new(o.quick)));
+        eprintln!("veer-bench: part F done");
+    }
     let (_, _, _, load1) = machine();
     let agent = veer_tests::agent::veer_bin();
     let profile = if agent.components().any(|c| c.as_os_str() == "release") {
@@ -535,7 +540,7 @@ fn main() {
          `veer-bench --parts ab` runs a subset).\n\
          - Machine: {cpu}, {cores} CPUs; kernel {kernel} ({irq}).\n\
          - Load average at start: {load0}; at end: {load1}. Other builds shared this machine \
-         while it ran: figures that depend on wall time or CPU share (B, C, D) carry that noise, \
+         while it ran: figures that depend on wall time or CPU share (B, C, D, F) carry that noise, \
          which is what the spreads show.\n\
          - Agent binary: {profile} build ({}). Total run: {:.0} s.\n",
         agent.display(),
