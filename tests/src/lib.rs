@@ -13,4 +13,5 @@ pub mod harness;
 pub mod ns;
 pub mod packet;
 pub mod privileged;
+pub mod seed;
 pub mod topology;

@@ -10,9 +10,13 @@ use std::{
 };
 
 use aya::maps::PerCpuValues;
+use ipnet::IpNet;
 use serde_json::{Value, json};
 use veer_agent::{
-    cli::index::{IndexEntry, RuleIndex, SlotName},
+    cli::{
+        index::{IndexEntry, RuleIndex, SlotName},
+        monotonic_ns,
+    },
     dataplane::Dataplane,
     maps::{Maps, rule4_key, rule6_key},
 };
@@ -29,6 +33,17 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Runs `f`, in a network namespace of its own, on the maps of veer's programs loaded and
+/// pinned under `root`; the pins are removed afterwards, also when `f` panics.
+fn with_pinned_maps(root: &Path, f: impl FnOnce(&mut Maps) + Send) {
+    let _pins = RemoveOnDrop(root.to_path_buf());
+    in_fresh_netns(|| {
+        let mut dp = Dataplane::load_pinned(root).expect("load pinned");
+        let mut maps = Maps::from_dataplane(&mut dp).expect("maps");
+        f(&mut maps);
+    });
 }
 
 /// The `veer` binary: `$VEER_BIN` when set (`cargo xtask test` builds it), else
@@ -99,19 +114,27 @@ fn v4(a: [u8; 4]) -> [u8; 16] {
     b
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 const COOKIE: u64 = 424_242;
 const ETH0_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 const ETH1_MAC: [u8; 6] = [2, 0, 0, 0, 0, 3];
+
+/// A rule entry: `rule_id`'s traffic leaves by `slot`.
+fn rule(rule_id: u32, slot: u16) -> RuleValue {
+    RuleValue {
+        rule_id,
+        slot,
+        ..Default::default()
+    }
+}
+
+/// Writes `value` for `prefix` (either family) in ruleset 1.
+fn insert_rule(maps: &mut Maps, prefix: &str, value: RuleValue) {
+    match prefix.parse().expect("a prefix") {
+        IpNet::V4(n) => maps.rules4.insert(&rule4_key(1, n), value, 0),
+        IpNet::V6(n) => maps.rules6.insert(&rule6_key(1, n), value, 0),
+    }
+    .unwrap_or_else(|e| panic!("insert {prefix}: {e}"));
+}
 
 /// Writes a pod (eth0 if2 10.0.0.5, eth1 if3 10.124.2.5 gw 10.124.2.1), three rules, their
 /// counters and a steered TCP flow (both entries).
@@ -121,40 +144,17 @@ fn populate(maps: &mut Maps) {
         v[..4].copy_from_slice(&[10, 124, 0, 1]);
         v
     };
-    maps.rules4
-        .insert(
-            &rule4_key(1, "10.86.0.0/16".parse().unwrap()),
-            RuleValue {
-                rule_id: 7,
-                slot: 1,
-                flags: RULE_F_VIA,
-                via,
-            },
-            0,
-        )
-        .unwrap();
-    maps.rules4
-        .insert(
-            &rule4_key(1, "0.0.0.0/0".parse().unwrap()),
-            RuleValue {
-                rule_id: 8,
-                slot: 0,
-                ..Default::default()
-            },
-            0,
-        )
-        .unwrap();
-    maps.rules6
-        .insert(
-            &rule6_key(1, "fd00:86::/64".parse().unwrap()),
-            RuleValue {
-                rule_id: 9,
-                slot: 1,
-                ..Default::default()
-            },
-            0,
-        )
-        .unwrap();
+    insert_rule(
+        maps,
+        "10.86.0.0/16",
+        RuleValue {
+            flags: RULE_F_VIA,
+            via,
+            ..rule(7, 1)
+        },
+    );
+    insert_rule(maps, "0.0.0.0/0", rule(8, 0));
+    insert_rule(maps, "fd00:86::/64", rule(9, 1));
     let cpus = aya::util::nr_cpus().unwrap();
     maps.rule_stats
         .set(
@@ -314,12 +314,9 @@ fn cli_decodes_pinned_maps_status_flows_and_traces() {
     let pid = std::process::id();
     let root = PathBuf::from(format!("/sys/fs/bpf/veer-cli-test-{pid}"));
     let dir = std::env::temp_dir().join(format!("veer-cli-test-{pid}"));
-    let _pins = RemoveOnDrop(root.clone());
     let _files = RemoveOnDrop(dir.clone());
-    in_fresh_netns(|| {
-        let mut dp = Dataplane::load_pinned(&root).expect("load pinned");
-        let mut maps = Maps::from_dataplane(&mut dp).expect("maps");
-        populate(&mut maps);
+    with_pinned_maps(&root, |maps| {
+        populate(maps);
         let status = write_status(&dir);
         let run = |args: &[&str]| veer(&bin, &root, &status, args);
 
@@ -435,17 +432,7 @@ fn cli_decodes_pinned_maps_status_flows_and_traces() {
         assert_eq!(t["verdict"], "never_steered");
 
         // The live map changed behind the agent's back: trace notices.
-        maps.rules4
-            .insert(
-                &rule4_key(1, "10.86.1.0/24".parse().unwrap()),
-                RuleValue {
-                    rule_id: 11,
-                    slot: 0,
-                    ..Default::default()
-                },
-                0,
-            )
-            .unwrap();
+        insert_rule(maps, "10.86.1.0/24", rule(11, 0));
         let t = run(&["trace", "--pod", "default/web", "--dst", "10.86.1.2"]);
         assert_eq!(t["live"]["agrees"], false, "{t:#}");
         assert_eq!(t["live"]["matched"]["prefix"], "10.86.1.0/24");
@@ -465,8 +452,6 @@ fn cli_decodes_pinned_maps_status_flows_and_traces() {
         // stats keeps working
         let st = run(&["stats"]);
         assert_eq!(st["steer_new"], 0);
-        drop(maps);
-        drop(dp);
     });
 }
 
@@ -476,21 +461,8 @@ fn bpftool_dump_shows_btf_field_names() {
         return;
     }
     let root = PathBuf::from(format!("/sys/fs/bpf/veer-cli-btf-{}", std::process::id()));
-    let _pins = RemoveOnDrop(root.clone());
-    in_fresh_netns(|| {
-        let mut dp = Dataplane::load_pinned(&root).expect("load pinned");
-        let mut maps = Maps::from_dataplane(&mut dp).expect("maps");
-        maps.rules4
-            .insert(
-                &rule4_key(1, "10.86.0.0/16".parse().unwrap()),
-                RuleValue {
-                    rule_id: 7,
-                    slot: 1,
-                    ..Default::default()
-                },
-                0,
-            )
-            .unwrap();
+    with_pinned_maps(&root, |maps| {
+        insert_rule(maps, "10.86.0.0/16", rule(7, 1));
         let pin = root.join("maps/VEER_RULES4_V1");
         let out = Command::new("bpftool")
             .args(["map", "dump", "pinned"])
@@ -512,7 +484,5 @@ fn bpftool_dump_shows_btf_field_names() {
         ] {
             assert!(text.contains(field), "{field} missing from:\n{text}");
         }
-        drop(maps);
-        drop(dp);
     });
 }

@@ -2,157 +2,27 @@
 //! pods made of network namespaces ([`veer_tests::topology`]), with real TCP, UDP and ICMP
 //! traffic to servers that report the source address they saw. The agent reads Route,
 //! Service and CNI cache files written by the test ([`veer_tests::agent`]) and pins its maps
-//! and links under a bpffs root of its own. The rules are the seed's route table (see
-//! `Seed`). Root only; nothing outside the test's namespaces, temporary directory and bpffs
+//! and links under a bpffs root of its own. The rules are the seed's route table
+//! ([`veer_tests::seed`]). Root only; nothing outside the test's namespaces, temporary directory and bpffs
 //! root is touched, and all of it is removed even when a test fails.
 //!
 //! Build the agent first: `cargo build -p veer-agent --bin veer` (`cargo xtask test` does).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     net::{IpAddr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
+use veer_agent::maps::Maps;
 use veer_common::{DIR_OUT, FLOW_NATIVE, stats};
 use veer_tests::{
-    agent::{self, Agent, route_cr, services_list},
+    agent::{self, Agent, PodEntry},
     privileged::require_root,
-    topology::{
-        CALICO_CIDR4, CALICO_CIDR6, DEFAULT4, DEFAULT6, Exchanger, OVN_RANGE4, OVN_RANGE6, Pod,
-        STEERED4, STEERED6, SVC_ETH0_4, SVC_ETH0_6, SVC_ETH1_4, SVC_ETH1_6, Topology, TopologyOpts,
-        UNSTEERED4, UNSTEERED6,
-    },
+    seed::{self, Seed},
+    topology::{DEFAULT4, DEFAULT6, Exchanger, Pod, STEERED4, STEERED6, Topology, UNSTEERED4},
 };
-
-/// The seed's route table as Routes, with the interface of the OVN network called `second`,
-/// and three knobs the tests turn: where the default route goes, where `172.16.10.0/24` (and
-/// its IPv6 counterpart) goes, and one deliberately invalid CIDR.
-#[derive(Debug, Clone)]
-struct Seed {
-    second: String,
-    default_dev: String,
-    cidr_dev: String,
-    bad_cidr: Option<&'static str>,
-}
-
-impl Seed {
-    fn new(second: &str) -> Self {
-        Self {
-            second: second.into(),
-            default_dev: "eth0".into(),
-            cidr_dev: second.into(),
-            bad_cidr: None,
-        }
-    }
-
-    fn default_to(mut self, dev: &str) -> Self {
-        self.default_dev = dev.into();
-        self
-    }
-
-    fn cidr_to(mut self, dev: &str) -> Self {
-        self.cidr_dev = dev.into();
-        self
-    }
-
-    /// The Route file: the seed's demo Route (its `eth1` being `second`) and a Route with the
-    /// rest of the seed's table, with IPv6 counterparts.
-    fn yaml(&self) -> String {
-        let s = self.second.as_str();
-        let c = self.cidr_dev.as_str();
-        let d = self.default_dev.as_str();
-        let demo = route_cr(
-            "demo",
-            &[
-                (self.bad_cidr.unwrap_or("172.16.10.0/24"), c),
-                ("172.16.11.0/24", "eth0"),
-            ],
-            &[
-                ("default", "nginx", s),
-                ("kube-system", "nginx1", "eth0"),
-                ("kube-system", "nginx2", "eth0"),
-            ],
-        );
-        let table = route_cr(
-            "seed-table",
-            &[
-                ("10.124.0.0/16", s),
-                ("192.168.2.0/24", "eth0"),
-                ("0.0.0.0/0", d),
-                ("fd00:124::/32", s),
-                ("fd00:172:16:10::/64", c),
-                ("fd00:172:16:11::/64", "eth0"),
-                ("fd00:192:168:2::/64", "eth0"),
-                ("::/0", d),
-            ],
-            &[],
-        );
-        format!("{demo}---\n{table}")
-    }
-
-    /// The rule entries the agent must write: prefix → interface name.
-    fn entries(&self) -> BTreeMap<IpNet, String> {
-        let s = &self.second;
-        let e = &"eth0".to_string();
-        let (c, d) = (&self.cidr_dev, &self.default_dev);
-        [
-            ("172.16.10.0/24", c),
-            ("172.16.11.0/24", e),
-            ("10.86.205.109/32", s),
-            ("fd00:86::cd:6d/128", s),
-            ("10.86.69.17/32", e),
-            ("fd00:86::45:11/128", e),
-            ("10.124.0.0/16", s),
-            ("192.168.2.0/24", e),
-            ("0.0.0.0/0", d),
-            ("fd00:124::/32", s),
-            ("fd00:172:16:10::/64", c),
-            ("fd00:172:16:11::/64", e),
-            ("fd00:192:168:2::/64", e),
-            ("::/0", d),
-        ]
-        .into_iter()
-        .map(|(n, dev)| (n.parse().unwrap(), dev.clone()))
-        .collect()
-    }
-
-    /// Destinations and the interface their traffic must leave by.
-    fn expectations(&self) -> Vec<(&'static str, IpAddr, String)> {
-        let s = &self.second;
-        let e = "eth0".to_string();
-        let (c, d) = (&self.cidr_dev, &self.default_dev);
-        vec![
-            ("svc kube-system/nginx1", SVC_ETH0_4.into(), e.clone()),
-            ("svc kube-system/nginx1", SVC_ETH0_6.into(), e.clone()),
-            ("svc default/nginx", SVC_ETH1_4.into(), s.clone()),
-            ("svc default/nginx", SVC_ETH1_6.into(), s.clone()),
-            ("10.124.0.0/16", OVN_RANGE4.into(), s.clone()),
-            ("fd00:124::/32", OVN_RANGE6.into(), s.clone()),
-            ("172.16.10.0/24", STEERED4.into(), c.clone()),
-            ("fd00:172:16:10::/64", STEERED6.into(), c.clone()),
-            ("172.16.11.0/24", CALICO_CIDR4.into(), e.clone()),
-            ("fd00:172:16:11::/64", CALICO_CIDR6.into(), e.clone()),
-            ("192.168.2.0/24", UNSTEERED4.into(), e.clone()),
-            ("fd00:192:168:2::/64", UNSTEERED6.into(), e.clone()),
-            ("default", DEFAULT4.into(), d.clone()),
-            ("default", DEFAULT6.into(), d.clone()),
-        ]
-    }
-}
-
-/// The Services of the seed's demo Route (`kube-system/nginx2` is left unresolved).
-fn services() -> String {
-    services_list(&[
-        ("default", "nginx", &[SVC_ETH1_4.into(), SVC_ETH1_6.into()]),
-        (
-            "kube-system",
-            "nginx1",
-            &[SVC_ETH0_4.into(), SVC_ETH0_6.into()],
-        ),
-    ])
-}
 
 /// The agent running on a topology. Field order is drop order: the agent (and its pins) go
 /// before the namespaces.
@@ -162,18 +32,12 @@ struct Env {
 }
 
 impl Env {
-    /// A topology with one pod whose OVN interface is `second`, and the agent on `seed`.
-    fn new(second: &str, seed: &Seed) -> Self {
-        let topo = Topology::build(TopologyOpts::second(second));
+    /// The seed's one-pod topology, and the agent on `seed`.
+    fn new(seed: &Seed) -> Self {
+        let topo = seed.topology();
         let mut agent = Agent::new();
-        agent.write_services(&services());
-        agent.write_routes(&seed.yaml());
-        agent.add_topology_pod(topo.pod0());
-        agent.start();
-        agent.wait_pod_managed(&topo.pod_path(), &["eth0", second]);
-        let env = Self { agent, topo };
-        env.wait_applied(seed);
-        env
+        seed.start(&mut agent, &topo);
+        Self { agent, topo }
     }
 
     fn pod(&self) -> &Pod {
@@ -183,42 +47,19 @@ impl Env {
     /// Waits until the rule tries hold exactly `seed`'s entries (each with its interface's
     /// slot) and the last status reports no load error.
     fn wait_applied(&self, seed: &Seed) {
-        let deadline = Instant::now() + agent::AGENT_TIMEOUT;
-        let want = seed.entries();
-        loop {
-            let status = self.agent.status();
-            let slots = status.as_ref().map(Agent::slots).unwrap_or_default();
-            let want: BTreeSet<(IpNet, Option<u16>)> = want
-                .iter()
-                .map(|(n, dev)| (*n, slots.get(dev).copied()))
-                .collect();
-            let have: BTreeSet<(IpNet, Option<u16>)> = agent::rules(&self.agent.maps())
-                .into_iter()
-                .map(|((_, n), v)| (n, Some(v.slot)))
-                .collect();
-            let errors = status.as_ref().map(Agent::load_errors).unwrap_or_default();
-            if have == want && errors.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rules not applied: want {want:?}, have {have:?}, load errors {errors:?}, \
-                 slots {slots:?}\nagent log:\n{}",
-                self.agent.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        seed.wait_applied(&self.agent)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Edits the Route file to `seed`'s and waits until the agent applied it (hot reload).
+    fn apply(&self, seed: &Seed) {
+        self.agent.write_routes(&seed.yaml());
+        self.wait_applied(seed);
     }
 
     /// Non-zero reason counters, by name.
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        let t = self.agent.maps().stats_totals().expect("stats");
-        stats::NAMES
-            .iter()
-            .zip(t)
-            .filter(|(_, v)| *v != 0)
-            .map(|(n, v)| (*n, v))
-            .collect()
+        seed::nonzero_counters(&self.agent.maps())
     }
 
     fn counter(&self, reason: u32) -> u64 {
@@ -227,62 +68,24 @@ impl Env {
 
     /// No error, collision or oversize drop was counted.
     fn assert_no_errors(&self) {
-        let t = self.agent.maps().stats_totals().expect("stats");
-        for reason in [
-            stats::ERR_MALFORMED,
-            stats::ERR_REWRITE,
-            stats::ERR_REDIRECT,
-            stats::ERR_FLOW_INSERT,
-            stats::COLLISION,
-            stats::DROP_TOO_BIG,
-        ] {
-            assert_eq!(
-                t[reason as usize],
-                0,
-                "{}: counters {:?}",
-                stats::NAMES[reason as usize],
-                self.counters()
-            );
-        }
+        seed::assert_no_error_counters(&self.agent.maps());
     }
 
     /// TCP, UDP and ping from `pod` to `dst`: the server must see `pod`'s address on `iface`
     /// each time. Returns what went wrong.
     fn probe(&self, pod: &Pod, dst: IpAddr, iface: &str) -> Vec<String> {
-        let want = pod.addr(iface, dst.is_ipv6());
-        let mut bad = Vec::new();
-        self.topo.clear_seen();
-        for (proto, got) in [("TCP", pod.tcp(dst)), ("UDP", pod.udp(dst))] {
-            match got {
-                Ok(seen) if seen == want => {}
-                Ok(seen) => bad.push(format!(
-                    "{proto} to {dst}: server saw {seen} (by {:?}), want {want} (by {iface})",
-                    pod.iface_of(seen)
-                )),
-                Err(e) => bad.push(format!("{proto} to {dst} failed: {e}")),
-            }
-        }
-        if !pod.ping(dst) {
-            bad.push(format!("ping {dst}: no reply"));
-        }
-        let icmp = self.topo.take_icmp_sources();
-        if icmp != vec![want] {
-            bad.push(format!(
-                "echo requests to {dst} came from {icmp:?}, want [{want}]"
-            ));
-        }
-        bad
+        seed::probe(&self.topo, pod, dst).problems(pod, pod.addr(iface, dst.is_ipv6()))
     }
 
     /// Every expectation of `seed`, for `pod`, in both families and all three protocols.
     fn check_table(&self, pod: &Pod, seed: &Seed) {
         let bad: Vec<String> = seed
-            .expectations()
+            .destinations()
             .into_iter()
-            .flat_map(|(label, dst, iface)| {
-                self.probe(pod, dst, &iface)
+            .flat_map(|d| {
+                self.probe(pod, d.addr, &d.dev)
                     .into_iter()
-                    .map(move |b| format!("[{label}] {b}"))
+                    .map(move |b| format!("[{}] {b}", d.label))
             })
             .collect();
         assert!(
@@ -297,7 +100,7 @@ impl Env {
 
 fn seed_table_steering(second: &str) {
     let seed = Seed::new(second);
-    let env = Env::new(second, &seed);
+    let env = Env::new(&seed);
     env.check_table(env.pod(), &seed);
     let steered = env.counter(stats::STEER_NEW);
     assert!(
@@ -308,8 +111,7 @@ fn seed_table_steering(second: &str) {
 
     // The default route moves to the OVN network: only what no other rule covers follows.
     let moved = seed.clone().default_to(second);
-    env.agent.write_routes(&moved.yaml());
-    env.wait_applied(&moved);
+    env.apply(&moved);
     env.check_table(env.pod(), &moved);
     env.assert_no_errors();
 }
@@ -338,7 +140,7 @@ fn idle_agent_runs_only_the_periodic_resync() {
         return;
     }
     let seed = Seed::new("eth1");
-    let mut env = Env::new("eth1", &seed);
+    let mut env = Env::new(&seed);
     env.agent.wait_rounds(2);
     let r0 = env.agent.round();
     std::thread::sleep(Duration::from_millis(2500));
@@ -357,7 +159,7 @@ fn large_tcp_transfer_to_a_steered_destination_over_the_smaller_ovn_mtu_complete
         return;
     }
     let seed = Seed::new("eth1");
-    let env = Env::new("eth1", &seed);
+    let env = Env::new(&seed);
     let pod = env.pod();
     // eth0 has MTU 1500, eth1 1400: the SYN's MSS (1460 from eth0's MTU) must be clamped.
     for (dst, want, bytes) in [
@@ -389,15 +191,20 @@ fn rule_change_keeps_open_tcp_connections_on_their_path_and_moves_new_ones() {
         return;
     }
     let seed = Seed::new("eth1");
-    let env = Env::new("eth1", &seed);
+    let env = Env::new(&seed);
     let pod = env.pod();
+    // (destination, interface): the default route's destinations by `default`, 172.16.10.0/24's
+    // by `steered`, IPv4 and IPv6 each.
+    let paths = |default, steered| {
+        [
+            (IpAddr::from(DEFAULT4), default),
+            (DEFAULT6.into(), default),
+            (STEERED4.into(), steered),
+            (STEERED6.into(), steered),
+        ]
+    };
     let mut streams = Vec::new();
-    for (dst, iface) in [
-        (IpAddr::from(DEFAULT4), "eth0"),
-        (DEFAULT6.into(), "eth0"),
-        (STEERED4.into(), "eth1"),
-        (STEERED6.into(), "eth1"),
-    ] {
+    for (dst, iface) in paths("eth0", "eth1") {
         let s = pod.echo(dst).expect("connect to the echo server");
         assert_eq!(s.seen, pod.addr(iface, dst.is_ipv6()), "stream to {dst}");
         streams.push((format!("stream to {dst} by {iface}"), s));
@@ -407,18 +214,12 @@ fn rule_change_keeps_open_tcp_connections_on_their_path_and_moves_new_ones() {
 
     // Swap: the default route to eth1, 172.16.10.0/24 back to eth0 (edit the Route file).
     let swapped = seed.clone().default_to("eth1").cidr_to("eth0");
-    env.agent.write_routes(&swapped.yaml());
-    env.wait_applied(&swapped);
+    env.apply(&swapped);
     let at_change = ex.counts();
     std::thread::sleep(Duration::from_millis(500));
     // New connections take the new paths (while the old ones keep running).
     let mut bad = Vec::new();
-    for (dst, iface) in [
-        (IpAddr::from(DEFAULT4), "eth1"),
-        (DEFAULT6.into(), "eth1"),
-        (STEERED4.into(), "eth0"),
-        (STEERED6.into(), "eth0"),
-    ] {
+    for (dst, iface) in paths("eth1", "eth0") {
         bad.extend(env.probe(pod, dst, iface));
         let s = pod.echo(dst).expect("new connection");
         if s.seen != pod.addr(iface, dst.is_ipv6()) {
@@ -448,7 +249,7 @@ fn kill_9_and_restart_of_the_agent_loses_no_packet_and_keeps_the_maps() {
         return;
     }
     let seed = Seed::new("net1");
-    let mut env = Env::new("net1", &seed);
+    let mut env = Env::new(&seed);
     let pod = env.pod().clone();
     let mut streams = Vec::new();
     for dst in [IpAddr::from(STEERED4), DEFAULT4.into()] {
@@ -513,7 +314,7 @@ fn pod_churn_leaves_no_map_entries_pins_or_links_behind() {
         return;
     }
     let seed = Seed::new("eth1");
-    let mut env = Env::new("eth1", &seed);
+    let mut env = Env::new(&seed);
     let first = env.pod().clone();
     let base_ifaces = agent::ifaces(&env.agent.maps());
     let base_links = env.agent.link_dirs();
@@ -524,15 +325,8 @@ fn pod_churn_leaves_no_map_entries_pins_or_links_behind() {
 
     let mut churned_ids = BTreeSet::new();
     for round in 0..10 {
-        let pod = env.topo.add_pod();
-        let entry = env.agent.add_topology_pod(&pod);
-        env.agent.wait_pod_managed(&pod.path(), &["eth0", "eth1"]);
-        let ids: BTreeSet<u64> = env
-            .agent
-            .pinned_link_ids()
-            .difference(&base_ids)
-            .copied()
-            .collect();
+        let (pod, entry) = env.add_pod();
+        let ids = env.links_beyond(&base_ids);
         assert_eq!(ids.len(), 4, "round {round}: links of the new pod");
         churned_ids.extend(&ids);
         // Some traffic, so the pod has flows (steered, reverse and inbound-pinned).
@@ -545,31 +339,8 @@ fn pod_churn_leaves_no_map_entries_pins_or_links_behind() {
         .flat_map(|(dst, iface)| env.probe(&pod, dst, iface))
         .collect();
         assert!(bad.is_empty(), "round {round}: {bad:?}");
-        let addrs: BTreeSet<[u8; 16]> = [
-            IpAddr::from(pod.v4),
-            pod.v6.into(),
-            pod.ovn4.into(),
-            pod.ovn6.into(),
-        ]
-        .into_iter()
-        .map(|a| match a {
-            IpAddr::V4(v) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&v.octets());
-                b
-            }
-            IpAddr::V6(v) => v.octets(),
-        })
-        .collect();
-        let flows_of_pod = |maps: &veer_agent::maps::Maps| -> usize {
-            maps.flows
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| addrs.contains(&k.saddr) || addrs.contains(&k.daddr))
-                .count()
-        };
         assert!(
-            flows_of_pod(&env.agent.maps()) > 0,
+            flows_of(&env.agent.maps(), &pod) > 0,
             "round {round}: the pod's traffic made flows"
         );
 
@@ -587,45 +358,24 @@ fn pod_churn_leaves_no_map_entries_pins_or_links_behind() {
             base_ifaces,
             "round {round}: interface entries"
         );
-        assert_eq!(flows_of_pod(&maps), 0, "round {round}: flows of the pod");
+        assert_eq!(flows_of(&maps, &pod), 0, "round {round}: flows of the pod");
         assert_eq!(
             env.agent.link_dirs(),
             base_links,
             "round {round}: link pins"
         );
     }
-    // The links go when their last reference does (the pins are gone; the devices leave with
-    // the namespace, which the kernel tears down asynchronously).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let live = agent::live_link_ids();
-        let leaked: Vec<&u64> = churned_ids.intersection(&live).collect();
-        if leaked.is_empty() {
-            assert!(
-                base_ids.is_subset(&live),
-                "the first pod's links are still there"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "links of removed pods still exist: {leaked:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_links_gone(&churned_ids, "links of removed pods");
+    assert!(
+        base_ids.is_subset(&agent::live_link_ids()),
+        "the first pod's links are still there"
+    );
     assert_eq!(env.agent.pinned_link_ids(), base_ids);
 
     // A pod that goes while the agent is down: the restarted agent removes what it left.
-    let pod = env.topo.add_pod();
-    let entry = env.agent.add_topology_pod(&pod);
-    env.agent.wait_pod_managed(&pod.path(), &["eth0", "eth1"]);
+    let (pod, entry) = env.add_pod();
     assert!(env.probe(&pod, STEERED4.into(), "eth1").is_empty());
-    let ids: BTreeSet<u64> = env
-        .agent
-        .pinned_link_ids()
-        .difference(&base_ids)
-        .copied()
-        .collect();
+    let ids = env.links_beyond(&base_ids);
     env.agent.kill9();
     env.agent.remove_pod_file(&entry);
     env.topo.remove_pod(pod.index);
@@ -637,26 +387,9 @@ fn pod_churn_leaves_no_map_entries_pins_or_links_behind() {
         base_ifaces,
         "orphaned interface entries"
     );
-    let orphan_flows = maps
-        .flows
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| {
-            k.saddr[..4] == pod.ovn4.octets()
-                || k.daddr[..4] == pod.ovn4.octets()
-                || k.saddr[..4] == pod.v4.octets()
-        })
-        .count();
-    assert_eq!(orphan_flows, 0, "orphaned flows");
+    assert_eq!(flows_of(&maps, &pod), 0, "orphaned flows");
     assert_eq!(env.agent.link_dirs(), base_links, "orphaned link pins");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ids.is_disjoint(&agent::live_link_ids()) {
-        assert!(
-            Instant::now() < deadline,
-            "orphaned links {ids:?} still exist"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_links_gone(&ids, "orphaned links");
     // `bpftool link list`: the links running veer's programs are exactly the first pod's four.
     let programs: BTreeSet<u64> = env.agent.pinned_links().into_values().collect();
     let running = agent::live_links()
@@ -669,21 +402,82 @@ fn pod_churn_leaves_no_map_entries_pins_or_links_behind() {
     env.assert_no_errors();
 }
 
+impl Env {
+    /// A new pod in the topology, with its CNI cache file; returned once the agent manages it.
+    fn add_pod(&mut self) -> (Pod, PodEntry) {
+        let pod = self.topo.add_pod();
+        let entry = self.agent.add_topology_pod(&pod);
+        self.agent
+            .wait_pod_managed(&pod.path(), &["eth0", &pod.second]);
+        (pod, entry)
+    }
+
+    /// The ids of the pinned links that are not in `base`.
+    fn links_beyond(&self, base: &BTreeSet<u64>) -> BTreeSet<u64> {
+        self.agent
+            .pinned_link_ids()
+            .difference(base)
+            .copied()
+            .collect()
+    }
+}
+
+/// The flow entries from or to any of `pod`'s four addresses.
+fn flows_of(maps: &Maps, pod: &Pod) -> usize {
+    let addrs: BTreeSet<[u8; 16]> = [
+        IpAddr::from(pod.v4),
+        pod.v6.into(),
+        pod.ovn4.into(),
+        pod.ovn6.into(),
+    ]
+    .into_iter()
+    .map(|a| match a {
+        IpAddr::V4(v) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v.octets());
+            b
+        }
+        IpAddr::V6(v) => v.octets(),
+    })
+    .collect();
+    maps.flows
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| addrs.contains(&k.saddr) || addrs.contains(&k.daddr))
+        .count()
+}
+
+/// Waits (≤ 10 s) until none of the links `ids` exists. A link goes when its last reference
+/// does: its pin is gone, and its device leaves with the namespace, which the kernel tears
+/// down asynchronously.
+fn wait_links_gone(ids: &BTreeSet<u64>, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = agent::live_link_ids();
+        let left: Vec<&u64> = ids.intersection(&live).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} still exist: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn bad_route_file_keeps_the_previous_rules_and_reports_file_field_and_value() {
     if !require_root("bad_route_file_keeps_the_previous_rules_and_reports_file_field_and_value") {
         return;
     }
     let seed = Seed::new("eth1");
-    let mut env = Env::new("eth1", &seed);
+    let mut env = Env::new(&seed);
     let pod = env.pod().clone();
 
     // A bad edit: the default route would move and 172.16.10.0/24 is mistyped. The whole file
     // is rejected, the previous rules stay.
-    let bad = Seed {
-        bad_cidr: Some("172.16.10.0/33"),
-        ..seed.clone().default_to("eth1")
-    };
+    let bad = seed
+        .clone()
+        .default_to("eth1")
+        .with_bad_cidr("172.16.10.0/33");
     env.agent.write_routes(&bad.yaml());
     let status = env.agent.wait_status("the load error reported", |s| {
         !Agent::load_errors(s).is_empty()
@@ -703,10 +497,7 @@ fn bad_route_file_keeps_the_previous_rules_and_reports_file_field_and_value() {
 
     // Fixed (now written as shorthand): applied.
     let fixed = seed.clone().default_to("eth1");
-    env.agent.write_routes(&agent::shorthand(
-        &shorthand_routes(&fixed),
-        &shorthand_svcs(&fixed),
-    ));
+    env.agent.write_routes(&fixed.shorthand());
     env.wait_applied(&fixed);
     env.check_table(&pod, &fixed);
     env.assert_no_errors();
@@ -730,39 +521,13 @@ impl Env {
     }
 }
 
-/// The CIDR rules of a seed as shorthand `(cidr, dev)` entries.
-fn shorthand_routes(seed: &Seed) -> Vec<(&'static str, &str)> {
-    let s = seed.second.as_str();
-    let (c, d) = (seed.cidr_dev.as_str(), seed.default_dev.as_str());
-    vec![
-        ("172.16.10.0/24", c),
-        ("172.16.11.0/24", "eth0"),
-        ("10.124.0.0/16", s),
-        ("192.168.2.0/24", "eth0"),
-        ("0.0.0.0/0", d),
-        ("fd00:124::/32", s),
-        ("fd00:172:16:10::/64", c),
-        ("fd00:172:16:11::/64", "eth0"),
-        ("fd00:192:168:2::/64", "eth0"),
-        ("::/0", d),
-    ]
-}
-
-/// The Service rules of a seed as shorthand `("namespace/name", dev)` entries.
-fn shorthand_svcs(seed: &Seed) -> Vec<(&'static str, &str)> {
-    vec![
-        ("default/nginx", seed.second.as_str()),
-        ("kube-system/nginx1", "eth0"),
-    ]
-}
-
 #[test]
 fn inbound_udp_from_a_steered_prefix_is_answered_by_eth0() {
     if !require_root("inbound_udp_from_a_steered_prefix_is_answered_by_eth0") {
         return;
     }
     let seed = Seed::new("eth1");
-    let env = Env::new("eth1", &seed);
+    let env = Env::new(&seed);
     let pod = env.pod();
     let srv = veer_tests::topology::netns_path(&env.topo.srv);
     let before = env.counter(stats::PINNED_INBOUND);

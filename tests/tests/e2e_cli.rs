@@ -1,7 +1,8 @@
 //! End-to-end checks that the operator-facing views of the real `veer` agent — `veer maps -o
 //! json`, `veer trace -o json` and the Prometheus `/metrics` endpoint — agree with what real
-//! traffic did in the seed topology (the same fixtures and route table as `e2e.rs`: one
-//! dual-CNI pod whose OVN interface is `eth1`, servers that report the source address they saw).
+//! traffic did in the seed topology (the same fixtures and route table as `e2e.rs`,
+//! [`veer_tests::seed`]: one dual-CNI pod whose OVN interface is `eth1`, servers that report the
+//! source address they saw).
 //! Root only; everything is removed afterwards, also when a test fails.
 //!
 //! Build the agent first: `cargo build -p veer-agent --bin veer` (`cargo xtask test` does).
@@ -16,121 +17,14 @@ use std::{
 
 use ipnet::IpNet;
 use veer_tests::{
-    agent::{self, Agent, Json, route_cr, services_list, veer_bin},
+    agent::{self, Agent, Json, veer_bin},
     privileged::require_root,
-    topology::{
-        CALICO_CIDR4, CALICO_CIDR6, DEFAULT4, DEFAULT6, OVN_RANGE4, OVN_RANGE6, Pod, STEERED4,
-        STEERED6, SVC_ETH0_4, SVC_ETH0_6, SVC_ETH1_4, SVC_ETH1_6, Topology, TopologyOpts,
-        UNSTEERED4, UNSTEERED6,
-    },
+    seed::{self, Seed},
+    topology::{Pod, STEERED4, SVC_ETH1_4, Topology, UNSTEERED4},
 };
 
+/// The name of the OVN interface: the seed's own.
 const SECOND: &str = "eth1";
-
-/// The seed's route table as Routes (as in `e2e.rs`, with `eth1` as the OVN interface).
-fn routes_yaml() -> String {
-    let s = SECOND;
-    let demo = route_cr(
-        "demo",
-        &[("172.16.10.0/24", s), ("172.16.11.0/24", "eth0")],
-        &[
-            ("default", "nginx", s),
-            ("kube-system", "nginx1", "eth0"),
-            ("kube-system", "nginx2", "eth0"),
-        ],
-    );
-    let table = route_cr(
-        "seed-table",
-        &[
-            ("10.124.0.0/16", s),
-            ("192.168.2.0/24", "eth0"),
-            ("0.0.0.0/0", "eth0"),
-            ("fd00:124::/32", s),
-            ("fd00:172:16:10::/64", s),
-            ("fd00:172:16:11::/64", "eth0"),
-            ("fd00:192:168:2::/64", "eth0"),
-            ("::/0", "eth0"),
-        ],
-        &[],
-    );
-    format!("{demo}---\n{table}")
-}
-
-/// The rule entries the agent must write: prefix → interface name.
-fn entries() -> BTreeMap<IpNet, &'static str> {
-    let (s, e) = (SECOND, "eth0");
-    [
-        ("172.16.10.0/24", s),
-        ("172.16.11.0/24", e),
-        ("10.86.205.109/32", s),
-        ("fd00:86::cd:6d/128", s),
-        ("10.86.69.17/32", e),
-        ("fd00:86::45:11/128", e),
-        ("10.124.0.0/16", s),
-        ("192.168.2.0/24", e),
-        ("0.0.0.0/0", e),
-        ("fd00:124::/32", s),
-        ("fd00:172:16:10::/64", s),
-        ("fd00:172:16:11::/64", e),
-        ("fd00:192:168:2::/64", e),
-        ("::/0", e),
-    ]
-    .into_iter()
-    .map(|(n, dev)| (n.parse().unwrap(), dev))
-    .collect()
-}
-
-/// Every destination of the seed table: (label, address, rule prefix covering it).
-fn destinations() -> Vec<(&'static str, IpAddr, &'static str)> {
-    vec![
-        (
-            "svc kube-system/nginx1",
-            SVC_ETH0_4.into(),
-            "10.86.69.17/32",
-        ),
-        (
-            "svc kube-system/nginx1",
-            SVC_ETH0_6.into(),
-            "fd00:86::45:11/128",
-        ),
-        ("svc default/nginx", SVC_ETH1_4.into(), "10.86.205.109/32"),
-        ("svc default/nginx", SVC_ETH1_6.into(), "fd00:86::cd:6d/128"),
-        ("10.124.0.0/16", OVN_RANGE4.into(), "10.124.0.0/16"),
-        ("fd00:124::/32", OVN_RANGE6.into(), "fd00:124::/32"),
-        ("172.16.10.0/24", STEERED4.into(), "172.16.10.0/24"),
-        (
-            "fd00:172:16:10::/64",
-            STEERED6.into(),
-            "fd00:172:16:10::/64",
-        ),
-        ("172.16.11.0/24", CALICO_CIDR4.into(), "172.16.11.0/24"),
-        (
-            "fd00:172:16:11::/64",
-            CALICO_CIDR6.into(),
-            "fd00:172:16:11::/64",
-        ),
-        ("192.168.2.0/24", UNSTEERED4.into(), "192.168.2.0/24"),
-        (
-            "fd00:192:168:2::/64",
-            UNSTEERED6.into(),
-            "fd00:192:168:2::/64",
-        ),
-        ("default", DEFAULT4.into(), "0.0.0.0/0"),
-        ("default", DEFAULT6.into(), "::/0"),
-    ]
-}
-
-/// The Services of the seed's demo Route (`kube-system/nginx2` is left unresolved).
-fn services() -> String {
-    services_list(&[
-        ("default", "nginx", &[SVC_ETH1_4.into(), SVC_ETH1_6.into()]),
-        (
-            "kube-system",
-            "nginx1",
-            &[SVC_ETH0_4.into(), SVC_ETH0_6.into()],
-        ),
-    ])
-}
 
 /// A free TCP port on 127.0.0.1 (bound to port 0, then released).
 fn free_local_addr() -> SocketAddr {
@@ -142,53 +36,23 @@ fn free_local_addr() -> SocketAddr {
 struct Env {
     agent: Agent,
     topo: Topology,
+    seed: Seed,
 }
 
 impl Env {
     fn new(metrics: Option<SocketAddr>) -> Self {
-        let topo = Topology::build(TopologyOpts::second(SECOND));
+        let seed = Seed::new(SECOND);
+        let topo = seed.topology();
         let mut agent = Agent::new();
         if let Some(addr) = metrics {
             agent = agent.with_metrics_address(addr);
         }
-        agent.write_services(&services());
-        agent.write_routes(&routes_yaml());
-        agent.add_topology_pod(topo.pod0());
-        agent.start();
-        agent.wait_pod_managed(&topo.pod_path(), &["eth0", SECOND]);
-        let env = Self { agent, topo };
-        env.wait_applied();
-        env
+        seed.start(&mut agent, &topo);
+        Self { agent, topo, seed }
     }
 
     fn pod(&self) -> &Pod {
         self.topo.pod0()
-    }
-
-    /// Waits until the rule tries hold exactly the seed's entries and no load error is reported.
-    fn wait_applied(&self) {
-        let deadline = Instant::now() + agent::AGENT_TIMEOUT;
-        loop {
-            let status = self.agent.status();
-            let slots = status.as_ref().map(Agent::slots).unwrap_or_default();
-            let want: BTreeSet<(IpNet, Option<u16>)> = entries()
-                .iter()
-                .map(|(n, dev)| (*n, slots.get(*dev).copied()))
-                .collect();
-            let have: BTreeSet<(IpNet, Option<u16>)> = agent::rules(&self.agent.maps())
-                .into_iter()
-                .map(|((_, n), v)| (n, Some(v.slot)))
-                .collect();
-            let errors = status.as_ref().map(Agent::load_errors).unwrap_or_default();
-            if have == want && errors.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rules not applied: want {want:?}, have {have:?}, load errors {errors:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Runs the `veer` CLI on the agent's bpffs root with `args` (a `-o json` command, followed
@@ -232,13 +96,11 @@ impl Env {
 
     /// TCP, UDP and one ping from the pod to `dst`; the source the server saw for TCP and UDP.
     fn traffic(&self, dst: IpAddr) -> (IpAddr, IpAddr) {
-        let pod = self.pod();
-        self.topo.clear_seen();
-        let tcp = pod.tcp(dst).unwrap_or_else(|e| panic!("TCP to {dst}: {e}"));
-        let udp = pod.udp(dst).unwrap_or_else(|e| panic!("UDP to {dst}: {e}"));
-        assert!(pod.ping(dst), "ping {dst}: no reply");
-        let icmp = self.topo.take_icmp_sources();
-        assert_eq!(icmp, vec![tcp], "echo requests to {dst} vs TCP source");
+        let p = seed::probe(&self.topo, self.pod(), dst);
+        let tcp = p.tcp.unwrap_or_else(|e| panic!("TCP to {dst}: {e}"));
+        let udp = p.udp.unwrap_or_else(|e| panic!("UDP to {dst}: {e}"));
+        assert!(p.ping, "ping {dst}: no reply");
+        assert_eq!(p.icmp, vec![tcp], "echo requests to {dst} vs TCP source");
         (tcp, udp)
     }
 }
@@ -255,8 +117,9 @@ fn after_steering_traffic_veer_maps_shows_nonzero_counters_on_exactly_the_rules_
         return;
     }
     let env = Env::new(None);
+    let entries = env.seed.entries();
     let before = env.maps_rules();
-    let want_prefixes: BTreeSet<String> = entries().keys().map(ToString::to_string).collect();
+    let want_prefixes: BTreeSet<String> = entries.keys().map(ToString::to_string).collect();
     assert_eq!(
         before.keys().cloned().collect::<BTreeSet<_>>(),
         want_prefixes,
@@ -267,7 +130,7 @@ fn after_steering_traffic_veer_maps_shows_nonzero_counters_on_exactly_the_rules_
         assert_eq!(r.get("in_index"), &Json::Bool(true), "{p}: {r:?}");
         assert_eq!(
             r.get("dev").as_str(),
-            Some(entries()[&p.parse::<IpNet>().unwrap()]),
+            Some(entries[&p.parse::<IpNet>().unwrap()].as_str()),
             "{p}: {r:?}"
         );
     }
@@ -331,7 +194,8 @@ fn veer_trace_agrees_with_the_path_the_traffic_took_for_every_demo_destination()
     let netns = pod.path();
     let netns = netns.to_str().expect("netns path");
     let mut bad = Vec::new();
-    for (label, dst, prefix) in destinations() {
+    for d in env.seed.destinations() {
+        let (label, dst, prefix) = (d.label, d.addr, d.rule);
         let (tcp, udp) = env.traffic(dst);
         for (proto, seen) in [("tcp", tcp), ("udp", udp), ("icmp", tcp)] {
             let t = env.cli(&[
@@ -430,8 +294,8 @@ fn scraping_metrics_yields_the_same_per_rule_counters() {
     }
     let addr = free_local_addr();
     let env = Env::new(Some(addr));
-    for (_, dst, _) in destinations() {
-        env.traffic(dst);
+    for d in env.seed.destinations() {
+        env.traffic(d.addr);
     }
     // The endpoint comes up with the agent; wait for it.
     let deadline = Instant::now() + agent::AGENT_TIMEOUT;

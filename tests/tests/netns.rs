@@ -20,6 +20,7 @@ use veer_common::{DIR_IN, DIR_OUT, FLOW_REVNAT, FLOW_STEER, RuleValue, stats};
 use veer_tests::{
     packet,
     privileged::require_root,
+    seed,
     topology::{
         CALICO_GW4, CALICO_GW6, OVN_GW_MAC, OVN_GW4, OVN_GW6, OVN4, OVN6, POD_ETH0_MAC,
         POD_OVN_MAC, POD4, POD6, SINK_PORT, STEERED4, STEERED6, Topology, TopologyOpts, UNSTEERED4,
@@ -161,40 +162,16 @@ fn wait_resolved(topo: &Topology, targets: &[(String, IpAddr)]) {
     }
 }
 
-/// Non-zero reason counters, by name.
-fn counters(maps: &Maps) -> Vec<(&'static str, u64)> {
-    let t = maps.stats_totals().expect("stats");
-    stats::NAMES
-        .iter()
-        .zip(t)
-        .filter(|(_, v)| *v != 0)
-        .map(|(n, v)| (*n, v))
-        .collect()
-}
-
-/// TCP, UDP and ping to `dst` succeed and the server sees `want` as the source each time.
+/// TCP, UDP and ping from the first pod to `dst` succeed and the server sees `want` as the
+/// source each time.
 fn check_all(topo: &Topology, dst: IpAddr, want: IpAddr, why: &dyn Fn() -> String) {
-    topo.clear_seen();
-    match topo.tcp(dst) {
-        Ok(seen) => assert_eq!(seen, want, "TCP to {dst}: server saw {seen}; {}", why()),
-        Err(e) => panic!("TCP to {dst} failed: {e}; {}", why()),
-    }
-    match topo.udp(dst) {
-        Ok(seen) => assert_eq!(seen, want, "UDP to {dst}: server saw {seen}; {}", why()),
-        Err(e) => panic!("UDP to {dst} failed: {e}; {}", why()),
-    }
-    assert!(topo.ping(dst), "ping {dst} got no reply; {}", why());
-    assert_eq!(
-        topo.take_icmp_sources(),
-        vec![want],
-        "echo requests to {dst}; {}",
-        why()
-    );
+    let bad = seed::probe(topo, topo.pod0(), dst).problems(topo.pod0(), want);
+    assert!(bad.is_empty(), "{}; {}", bad.join("; "), why());
 }
 
 fn steering(second: &str) {
     let s = steered_pod(second);
-    let why = || format!("counters {:?}", counters(&s.maps));
+    let why = || format!("counters {:?}", seed::nonzero_counters(&s.maps));
     let rule_packets = |id| s.maps.rule_totals(id).expect("rule stats").packets;
 
     for (dst, want, rule) in [
@@ -232,22 +209,7 @@ fn steering(second: &str) {
             why()
         );
     }
-    for reason in [
-        stats::ERR_MALFORMED,
-        stats::ERR_REWRITE,
-        stats::ERR_REDIRECT,
-        stats::ERR_FLOW_INSERT,
-        stats::COLLISION,
-        stats::DROP_TOO_BIG,
-    ] {
-        assert_eq!(
-            t[reason as usize],
-            0,
-            "{}; {}",
-            stats::NAMES[reason as usize],
-            why()
-        );
-    }
+    seed::assert_no_error_counters(&s.maps);
     // Flow entries are keyed by addresses: outgoing ones by the pod's own source address.
     let flows: Vec<_> = s.maps.flows.iter().map(|r| r.expect("flows")).collect();
     assert!(
@@ -396,7 +358,7 @@ fn first_steered_datagram_of_a_fresh_pod_arrives() {
         assert!(
             matches!(got, Ok(a) if a == want),
             "first UDP datagram to {dst}: {got:?} (want the server to see {want}); counters {:?}",
-            counters(&s.maps)
+            seed::nonzero_counters(&s.maps)
         );
     }
 }

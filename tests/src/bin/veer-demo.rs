@@ -4,113 +4,32 @@
 //! It builds a dual-CNI pod (Calico `eth0`, OVN `eth1`, or the name given with `--second`), a
 //! node, an OVN gateway with port security and a server namespace holding the seed's
 //! destinations; writes the seed's demo Route plus the rest of the seed's table (with a
-//! default-route rule) to a Route file, the Services to a Services file and the pod's CNI cache
-//! file; runs the real `veer run` agent on them; sends TCP, UDP and ping to one address per
-//! rule; and prints which interface the traffic left by, as seen by the server. Then it moves
-//! the default route to `eth1` by editing the Route file (the agent hot-reloads it) and prints
-//! the table again. Everything is removed at the end (also on failure). Exit status: 0 when
-//! every row is right, 1 otherwise, 2 when it cannot run.
+//! default-route rule; IPv4 only, as the seed is: [`veer_tests::seed`]) to a Route file, the
+//! Services to a Services file and the pod's CNI cache file; runs the real `veer run` agent on
+//! them; sends TCP, UDP and ping to one address per rule; and prints which interface the traffic
+//! left by, as seen by the server. Then it moves the default route to `eth1` by editing the
+//! Route file (the agent hot-reloads it) and prints the table again. Everything is removed at
+//! the end (also on failure). Exit status: 0 when every row is right, 1 otherwise, 2 when it
+//! cannot run.
 //!
 //! Needs root and the `veer` binary (`cargo build -p veer-agent --bin veer`, or `VEER_BIN`).
 
-use std::{
-    collections::BTreeSet,
-    net::IpAddr,
-    process::ExitCode,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, net::IpAddr, process::ExitCode, time::Instant};
 
-use ipnet::IpNet;
 use veer_tests::{
-    agent::{self, Agent, route_cr, services_list},
+    agent::{self, Agent},
     privileged::is_root,
-    topology::{
-        CALICO_CIDR4, DEFAULT4, OVN_RANGE4, Pod, STEERED4, SVC_ETH0_4, SVC_ETH1_4, Topology,
-        TopologyOpts, UNSTEERED4,
-    },
+    seed::{self, Seed},
+    topology::{Pod, SVC_ETH0_4, SVC_ETH1_4, Topology},
 };
 
-/// The Route file: the seed's demo Route unchanged (its `eth1` renamed if `--second` says so)
-/// and the rest of the seed's route table, with the default route on `default_dev`.
-fn routes(second: &str, default_dev: &str) -> String {
-    let demo = route_cr(
-        "demo",
-        &[("172.16.10.0/24", second), ("172.16.11.0/24", "eth0")],
-        &[
-            ("default", "nginx", second),
-            ("kube-system", "nginx1", "eth0"),
-            ("kube-system", "nginx2", "eth0"),
-        ],
-    );
-    let table = route_cr(
-        "seed-table",
-        &[
-            ("10.124.0.0/16", second),
-            ("192.168.2.0/24", "eth0"),
-            ("0.0.0.0/0", default_dev),
-        ],
-        &[],
-    );
-    format!("{demo}---\n{table}")
-}
-
-/// What the Route file must produce: prefix → interface.
-fn entries(second: &str, default_dev: &str) -> Vec<(IpNet, String)> {
-    [
-        ("10.86.69.17/32", "eth0"),
-        ("10.86.205.109/32", second),
-        ("10.124.0.0/16", second),
-        ("172.16.10.0/24", second),
-        ("172.16.11.0/24", "eth0"),
-        ("192.168.2.0/24", "eth0"),
-        ("0.0.0.0/0", default_dev),
-    ]
-    .into_iter()
-    .map(|(n, d)| (n.parse().unwrap(), d.to_string()))
-    .collect()
-}
-
-/// One row per rule: label, the address probed, the interface expected.
-fn rows(second: &str, default_dev: &str) -> Vec<(String, IpAddr, String)> {
-    [
-        ("svc kube-system/nginx1", SVC_ETH0_4, "eth0"),
-        ("svc default/nginx", SVC_ETH1_4, second),
-        ("10.124.0.0/16", OVN_RANGE4, second),
-        ("172.16.10.0/24", STEERED4, second),
-        ("172.16.11.0/24", CALICO_CIDR4, "eth0"),
-        ("192.168.2.0/24", UNSTEERED4, "eth0"),
-        ("default", DEFAULT4, default_dev),
-    ]
-    .into_iter()
-    .map(|(l, a, d)| (format!("{l} ({a})"), IpAddr::from(a), d.to_string()))
-    .collect()
-}
-
-/// Waits until the agent's rule trie holds exactly `want` (with each interface's slot).
-fn wait_applied(agent: &Agent, want: &[(IpNet, String)]) -> Result<(), String> {
-    let deadline = Instant::now() + agent::AGENT_TIMEOUT;
-    loop {
-        let status = agent.status();
-        let slots = status.as_ref().map(Agent::slots).unwrap_or_default();
-        let want: BTreeSet<(IpNet, Option<u16>)> = want
-            .iter()
-            .map(|(n, d)| (*n, slots.get(d).copied()))
-            .collect();
-        let have: BTreeSet<(IpNet, Option<u16>)> = agent::rules(&agent.maps())
-            .into_iter()
-            .map(|((_, n), v)| (n, Some(v.slot)))
-            .collect();
-        let errors = status.as_ref().map(Agent::load_errors).unwrap_or_default();
-        if have == want && errors.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "rules not applied: want {want:?}, have {have:?}, load errors {errors:?}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// One row per rule of `seed`: label (with the address probed), the address, the interface
+/// expected.
+fn rows(seed: &Seed) -> Vec<(String, IpAddr, String)> {
+    seed.destinations()
+        .into_iter()
+        .map(|d| (format!("{} ({})", d.label, d.addr), d.addr, d.dev))
+        .collect()
 }
 
 /// Sends TCP, UDP and a ping to each row's address and prints the table; true if all rows
@@ -126,14 +45,12 @@ fn table(topo: &Topology, pod: &Pod, rows: &[(String, IpAddr, String)]) -> bool 
     let mut lines: Vec<[String; 5]> = Vec::new();
     let mut all_ok = true;
     for (label, dst, want) in rows {
-        topo.clear_seen();
-        let mut sources: Vec<Option<IpAddr>> = vec![pod.tcp(*dst).ok(), pod.udp(*dst).ok()];
-        let icmp = if pod.ping(*dst) {
-            topo.take_icmp_sources()
-        } else {
-            Vec::new()
+        let p = seed::probe(topo, pod, *dst);
+        let icmp = match p.icmp[..] {
+            [src] if p.ping => Some(src),
+            _ => None,
         };
-        sources.push(if icmp.len() == 1 { Some(icmp[0]) } else { None });
+        let sources = [p.tcp.ok(), p.udp.ok(), icmp];
         let ifaces: BTreeSet<String> = sources
             .iter()
             .map(|s| {
@@ -190,7 +107,9 @@ fn run(second: &str) -> Result<bool, String> {
     println!(
         "== building the seed example: pod (eth0 = Calico, {second} = OVN), node, OVN gateway, servers"
     );
-    let topo = Topology::build(TopologyOpts::second(second));
+    // The seed's own table: IPv4 only, the default route by eth0.
+    let seed = Seed::new(second).ipv4_only();
+    let topo = seed.topology();
     let pod = topo.pod0().clone();
     println!(
         "   pod netns {}: eth0 {} / {} (MTU {}), {second} {} / {} (MTU {}), default via 169.254.1.1 dev eth0",
@@ -204,11 +123,8 @@ fn run(second: &str) -> Result<bool, String> {
     );
 
     let mut agent = Agent::new();
-    agent.write_services(&services_list(&[
-        ("default", "nginx", &[SVC_ETH1_4.into()]),
-        ("kube-system", "nginx1", &[SVC_ETH0_4.into()]),
-    ]));
-    let first = routes(second, "eth0");
+    agent.write_services(&seed.services());
+    let first = seed.yaml();
     agent.write_routes(&first);
     agent.add_topology_pod(&pod);
     println!("== Route file {}:\n{first}", agent.routes.display());
@@ -225,7 +141,7 @@ fn run(second: &str) -> Result<bool, String> {
     );
     agent.start();
     agent.wait_pod_managed(&pod.path(), &["eth0", second]);
-    wait_applied(&agent, &entries(second, "eth0"))?;
+    seed.wait_applied(&agent)?;
     if let Some(s) = agent.status() {
         println!(
             "   agent: round {}, slots {:?}, {} rules, issues {:?}",
@@ -241,14 +157,15 @@ fn run(second: &str) -> Result<bool, String> {
     }
 
     println!("\n== 1. the seed's route table (default route by eth0)\n");
-    let ok1 = table(&topo, &pod, &rows(second, "eth0"));
+    let ok1 = table(&topo, &pod, &rows(&seed));
 
     println!("\n== 2. editing the Route file: 0.0.0.0/0 → {second} (hot reload, no restart)\n");
-    agent.write_routes(&routes(second, second));
+    let moved = seed.clone().default_to(second);
+    agent.write_routes(&moved.yaml());
     let t = Instant::now();
-    wait_applied(&agent, &entries(second, second))?;
+    moved.wait_applied(&agent)?;
     println!("   applied in {:?}\n", t.elapsed());
-    let ok2 = table(&topo, &pod, &rows(second, second));
+    let ok2 = table(&topo, &pod, &rows(&moved));
 
     println!(
         "\n== cleaning up (agent, pins under {}, namespaces)",
