@@ -187,14 +187,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is too long"))
 }
 
-/// A dataplane whose debug events can be switched (the reconcile core; test doubles).
+/// A dataplane whose debug events can be switched (the reconcile core). The defaults describe
+/// one that cannot (test doubles).
 pub trait DebugEvents {
     /// Whether the debug object is in force.
-    fn debug_events(&self) -> bool;
+    fn debug_events(&self) -> bool {
+        false
+    }
 
     /// Switches to the debug object (`on`) or back to the default one, without detaching
     /// anything. On success with `on`, returns the reader of the new object's events.
-    fn set_debug_events(&mut self, on: bool) -> Result<Option<DebugLog>, String>;
+    fn set_debug_events(&mut self, on: bool) -> Result<Option<DebugLog>, String> {
+        let _ = on;
+        Err("this dataplane has no debug object".into())
+    }
 }
 
 /// Drains a [`DebugLog`] on a thread of its own until dropped.

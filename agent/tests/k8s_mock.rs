@@ -351,11 +351,28 @@ struct DpRecord {
     stale_removals: Vec<PathBuf>,
     /// Pods (by name) whose setup fails.
     failing: BTreeSet<String>,
+    /// Every debug switch asked of the dataplane (`true`: debug object in).
+    debug_switches: Vec<bool>,
 }
 
 struct FakeDp {
     applied: Compiled,
     record: Arc<Mutex<DpRecord>>,
+}
+
+/// The double records `veer debug` switches.
+impl veer_agent::debug::DebugEvents for FakeDp {
+    fn debug_events(&self) -> bool {
+        self.record.lock().unwrap().debug_switches.last() == Some(&true)
+    }
+
+    fn set_debug_events(
+        &mut self,
+        on: bool,
+    ) -> Result<Option<veer_agent::dataplane::DebugLog>, String> {
+        self.record.lock().unwrap().debug_switches.push(on);
+        Ok(None)
+    }
 }
 
 impl NodeDataplane for FakeDp {
@@ -1028,4 +1045,42 @@ async fn a_burst_of_events_costs_few_rounds_and_the_last_state_is_applied() {
     stop.store(true, Ordering::Relaxed);
     agent.await.unwrap().unwrap();
     api.assert_requests_allowed();
+}
+
+// ---------------------------------------------------------------------------------------------
+// `veer debug` in Kubernetes mode.
+
+#[tokio::test]
+async fn the_loop_switches_debug_events_on_request_and_reports_them_in_its_status() {
+    use veer_agent::debug::{DebugRequest, request_path, unix_now};
+    let (api, client) = FakeApi::start();
+    seed_cluster(&api);
+    let run = Running::start(client);
+    run.more_rounds(1).await;
+    let debug_on = |path: &Path| {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .map(|v| v["debug_events"]["on"].clone())
+    };
+    assert_eq!(debug_on(&run.status_file), Some(json!(false)));
+    let req = request_path(&run.status_file);
+    DebugRequest::on(unix_now(), Some(Duration::from_secs(600)))
+        .write(&req)
+        .unwrap();
+    eventually("debug on in the status file", || {
+        debug_on(&run.status_file) == Some(json!(true))
+    })
+    .await;
+    DebugRequest::off(unix_now()).write(&req).unwrap();
+    eventually("debug off in the status file", || {
+        debug_on(&run.status_file) == Some(json!(false))
+    })
+    .await;
+    assert_eq!(
+        run.record.lock().unwrap().debug_switches,
+        [true, false],
+        "one switch per change, none while the request holds"
+    );
+    run.stop().await;
 }

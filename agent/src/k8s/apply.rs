@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::config::PodSandbox;
-use crate::config::compile::Compiled;
+use crate::config::compile::{CompileError, Compiled};
+use crate::debug::DebugEvents;
 use crate::reconcile::{ReconcileError, Reconciler};
 
 /// What the dataplane did with one pod.
@@ -31,10 +32,21 @@ pub enum ApplyError {
     Reconcile(#[from] ReconcileError),
 }
 
-/// The dataplane as the Kubernetes loop drives it.
-pub trait NodeDataplane: Send + 'static {
+/// The dataplane as the Kubernetes loop drives it. Its debug events may be switchable
+/// ([`DebugEvents`]; doubles take the defaults: not switchable).
+pub trait NodeDataplane: DebugEvents + Send + 'static {
     /// The compilation in force (for sticky slots and rule ids).
     fn applied(&self) -> &Compiled;
+
+    /// Runs `compile` against what is in force, for sticky slots and rule ids (the reconcile
+    /// core also seeds them from the live maps after a restart:
+    /// [`Reconciler::compile_sticky`]).
+    fn compile_sticky(
+        &self,
+        compile: &dyn Fn(&Compiled) -> Result<Compiled, CompileError>,
+    ) -> Result<Compiled, CompileError> {
+        compile(self.applied())
+    }
 
     /// Makes the maps hold `compiled` and the managed pods exactly `pods` (each with its
     /// ruleset). Returns what happened to every pod.
@@ -58,6 +70,13 @@ pub trait NodeDataplane: Send + 'static {
 impl NodeDataplane for Reconciler {
     fn applied(&self) -> &Compiled {
         Reconciler::applied(self)
+    }
+
+    fn compile_sticky(
+        &self,
+        compile: &dyn Fn(&Compiled) -> Result<Compiled, CompileError>,
+    ) -> Result<Compiled, CompileError> {
+        Reconciler::compile_sticky(self, compile)
     }
 
     fn apply(

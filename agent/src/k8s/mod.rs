@@ -50,6 +50,7 @@ use serde::Serialize;
 use crate::config::cni;
 use crate::config::compile::Compiled;
 use crate::dataplane::{Dataplane, DataplaneError};
+use crate::debug::{DebugControl, DebugState, unix_now};
 use crate::reconcile::{ReconcileError, Reconciler};
 
 use apply::{NodeDataplane, PodOutcome};
@@ -220,6 +221,8 @@ pub struct K8sStatus {
     pub pods: Vec<PodReport>,
     pub watch_errors: BTreeMap<String, String>,
     pub cni_errors: Vec<String>,
+    /// The eBPF debug events in force (`veer debug`).
+    pub debug_events: Option<DebugState>,
 }
 
 /// One managed or skipped pod in [`K8sStatus`].
@@ -316,12 +319,15 @@ pub async fn run_with<D: NodeDataplane>(
         first: true,
         stale_pending: true,
         round: 0,
+        debug: None,
     };
+    agent.debug = agent.cfg.status_file.as_deref().map(DebugControl::new);
     while !stop.load(Ordering::Relaxed) {
         let started = tokio::time::Instant::now();
         // Every change so far is in this round's snapshot: drop its pending wake-up (a change
         // arriving from here on wakes the loop again after the round).
         let _ = refl.changed.notified().now_or_never();
+        agent.sync_debug().await?;
         agent.round(&refl).await?;
         tracing::debug!(
             round = agent.round,
@@ -346,6 +352,8 @@ pub async fn run_with<D: NodeDataplane>(
                     break;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    // A debug switch is applied at once; the round after it reports it.
+                    if agent.sync_debug().await? { break; }
                     if tokio::time::Instant::now() >= resync_at { break; }
                 }
             }
@@ -417,9 +425,29 @@ struct Agent<D> {
     /// round in which every pod was set up ([`NodeDataplane::remove_stale_pins`]).
     stale_pending: bool,
     round: u64,
+    /// `veer debug on|off` requests, read beside the status file.
+    debug: Option<DebugControl>,
 }
 
 impl<D: NodeDataplane> Agent<D> {
+    /// Applies a `veer debug` request (off the async threads: switching loads an object and
+    /// enters every pod's namespace). Returns whether what is in force changed.
+    async fn sync_debug(&mut self) -> Result<bool, K8sError> {
+        let Some(mut debug) = self.debug.take() else {
+            return Ok(false);
+        };
+        let mut dp = self.dp.take().expect("dataplane present between rounds");
+        let joined = tokio::task::spawn_blocking(move || {
+            let changed = debug.sync(&mut dp, unix_now());
+            (dp, debug, changed)
+        })
+        .await;
+        let (dp, debug, changed) = joined.map_err(|e| K8sError::Task(e.to_string()))?;
+        self.dp = Some(dp);
+        self.debug = Some(debug);
+        Ok(changed)
+    }
+
     async fn round(&mut self, refl: &Reflectors) -> Result<(), K8sError> {
         let started = Instant::now();
         self.round += 1;
@@ -437,7 +465,7 @@ impl<D: NodeDataplane> Agent<D> {
         }
         let assignment = desired.assign(&sandboxes);
         let dp = self.dp.as_ref().expect("dataplane present between rounds");
-        let (compiled, mut round_error) = match desired.compile(dp.applied()) {
+        let (compiled, mut round_error) = match dp.compile_sticky(&|prev| desired.compile(prev)) {
             Ok(c) => (Some(c), None),
             Err(e) => {
                 tracing::error!(error = %e, "Routes cannot be compiled; previous rules stay in force");
@@ -667,6 +695,7 @@ impl<D: NodeDataplane> Agent<D> {
                 .map(|(k, h)| (k.to_string(), h.last_error.unwrap_or_default()))
                 .collect(),
             cni_errors,
+            debug_events: self.debug.as_ref().map(|d| d.state().clone()),
         }
     }
 }
