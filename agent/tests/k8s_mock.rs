@@ -1084,3 +1084,29 @@ async fn the_loop_switches_debug_events_on_request_and_reports_them_in_its_statu
     );
     run.stop().await;
 }
+
+#[tokio::test]
+async fn a_failing_node_watch_only_stops_pruning_never_the_status() {
+    let (api, client) = FakeApi::start();
+    seed_with_node_entries(&api);
+    // As with a ClusterRole not yet updated to grant nodes list/watch.
+    api.fail_lists("nodes", true);
+    let agent = Running::start(client);
+    eventually("own entry written", || {
+        status_nodes(&api, "demo").contains(&NODE.to_string())
+    })
+    .await;
+    agent.more_rounds(3).await;
+    assert!(
+        !agent.degraded(),
+        "the Nodes watch is not one the dataplane needs"
+    );
+    assert!(json_patches(&api).is_empty(), "no Node list: no pruning");
+    api.fail_lists("nodes", false);
+    eventually("pruned once the Nodes list works", || {
+        status_nodes(&api, "demo") == ["n2", "n3", NODE]
+    })
+    .await;
+    agent.stop().await;
+    api.assert_requests_allowed();
+}

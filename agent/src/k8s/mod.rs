@@ -528,7 +528,7 @@ impl<D: NodeDataplane> Agent<D> {
         // only wait for timeouts. The next healthy round writes it.
         if !refl.health.degraded() {
             self.publish_status(&snap.routes, &round).await;
-            if refl.health.synced(watch::NODES) {
+            if refl.health.synced(watch::NODES) && !refl.health.in_error(watch::NODES) {
                 self.prune_deleted_nodes(&snap.routes, refl).await;
             }
         }

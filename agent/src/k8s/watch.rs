@@ -109,13 +109,25 @@ impl Health {
             .is_some_and(|h| h.synced)
     }
 
-    /// Some stream's last item was an error (the API server is unreachable or refusing).
+    /// Some stream the dataplane depends on ended in an error (the API server is
+    /// unreachable or refusing). The Nodes stream is not one: it only feeds the clean-up of
+    /// deleted nodes' status entries ([`Health::in_error`] guards that), so a cluster whose
+    /// RBAC does not grant it yet keeps writing status.
     pub fn degraded(&self) -> bool {
         self.streams
             .lock()
             .expect("health lock")
-            .values()
-            .any(|h| h.in_error)
+            .iter()
+            .any(|(name, h)| h.in_error && *name != NODES)
+    }
+
+    /// Whether the last item of stream `name` was an error.
+    pub fn in_error(&self, name: &str) -> bool {
+        self.streams
+            .lock()
+            .expect("health lock")
+            .get(name)
+            .is_some_and(|h| h.in_error)
     }
 
     fn register(&self, name: &'static str) {
@@ -416,5 +428,9 @@ mod tests {
         assert_eq!(h.get()["pods"].errors, 1);
         h.event::<Pod>("pods", &watcher::Event::Init);
         assert!(!h.degraded() && h.get()["pods"].relisting);
+        // A failing Nodes watch (e.g. RBAC not updated yet) does not degrade the agent.
+        h.register(NODES);
+        h.error(NODES, &watcher::Error::NoResourceVersion);
+        assert!(!h.degraded() && h.in_error(NODES) && !h.in_error("pods"));
     }
 }
