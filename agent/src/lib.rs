@@ -22,6 +22,7 @@ pub mod netns;
 pub mod podnet;
 pub mod reconcile;
 pub mod standalone;
+pub mod wake;
 
 /// The eBPF object built by `cargo xtask build-ebpf --release`, embedded at build time.
 pub static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(env!("VEER_EBPF_OBJ"));

@@ -2,7 +2,9 @@
 //! Kubernetes. Sources are files; the reconcile core is the one every mode uses.
 //!
 //! The loop is level-triggered: any change of a watched path (Route files, Service files, the
-//! CNI result cache, the netns directory) wakes it, and it also runs every `resync` interval.
+//! CNI result cache, the netns directory) wakes it on the leading edge ([`crate::wake`]: 5 ms
+//! after a quiet period, at most one round per 100 ms in bursts), and it also runs every
+//! `resync` interval.
 //! Each round reloads the sources, recompiles, writes the rule difference, and makes the managed
 //! pods match the CNI cache. A bad Route file keeps its last good version in force; the other
 //! files still apply.
@@ -18,10 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use notify::{
-    EventKind, RecursiveMode, Watcher,
-    event::{AccessKind, AccessMode},
-};
+use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
 
 use crate::{
@@ -31,6 +30,7 @@ use crate::{
     debug::{DebugControl, DebugState, unix_now},
     metrics::Metrics,
     reconcile::{PodFailure, PodState, ReconcileError, Reconciler},
+    wake::{COALESCE, MIN_INTERVAL, is_read, next_round_at},
 };
 
 /// Settings of standalone mode.
@@ -305,9 +305,10 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
                 .min(Duration::from_millis(200));
             match rx.recv_timeout(slice) {
                 Ok(()) => {
-                    let until = Instant::now() + Duration::from_millis(20);
+                    // Leading edge (see `crate::wake`): events until the round starts join it.
+                    let at = next_round_at(Instant::now(), started, COALESCE, MIN_INTERVAL);
                     while rx
-                        .recv_timeout(until.saturating_duration_since(Instant::now()))
+                        .recv_timeout(at.saturating_duration_since(Instant::now()))
                         .is_ok()
                     {}
                     break;
@@ -319,16 +320,6 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
         }
     }
     Ok(())
-}
-
-/// Whether a watch event only says a file was read (opened, read, closed unmodified).
-fn is_read(kind: &EventKind) -> bool {
-    matches!(
-        kind,
-        EventKind::Access(
-            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
-        )
-    )
 }
 
 fn routes_names(r: &RouteSet) -> Vec<String> {

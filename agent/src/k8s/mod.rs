@@ -15,7 +15,7 @@
 //!
 //! The loop ([`run`], [`run_with`]) is level-triggered: any relevant change (or the resync
 //! interval, or a change in the CNI result cache) starts a round — at once after a quiet period
-//! (a 5 ms coalescing window), at most one per 100 ms during bursts ([`next_round_at`]) — that
+//! (a 5 ms coalescing window), at most one per 100 ms during bursts ([`crate::wake`]) — that
 //! recomputes the whole
 //! desired state from the stores, compiles it against what is applied, writes the difference,
 //! and brings the managed pods (CNI sandboxes matched to API pods by UID) in line. Nothing is
@@ -52,6 +52,7 @@ use crate::config::compile::Compiled;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::debug::{DebugControl, DebugState, unix_now};
 use crate::reconcile::{ReconcileError, Reconciler};
+use crate::wake::{is_read, next_round_at};
 
 use apply::{NodeDataplane, PodOutcome};
 use crd::RouteStatus;
@@ -156,7 +157,7 @@ pub struct K8sConfig {
     /// Full resync interval.
     pub resync: Duration,
     /// How long the round for a change waits for the changes that come with it (see
-    /// [`next_round_at`]): a few ms, so a watch event reaches the maps at once.
+    /// [`crate::wake`]): a few ms, so a watch event reaches the maps at once.
     pub coalesce: Duration,
     /// The least time between the starts of two rounds: a burst of changes costs one round
     /// per interval.
@@ -178,8 +179,8 @@ impl K8sConfig {
             bpffs_root: bpffs_root.into(),
             status_file: None,
             resync: Duration::from_secs(30),
-            coalesce: Duration::from_millis(5),
-            min_interval: Duration::from_millis(100),
+            coalesce: crate::wake::COALESCE,
+            min_interval: crate::wake::MIN_INTERVAL,
             node_gc_grace: Duration::from_secs(30),
         }
     }
@@ -362,18 +363,6 @@ pub async fn run_with<D: NodeDataplane>(
     Ok(())
 }
 
-/// When the round for a change noticed at `changed` starts, the previous round having started
-/// at `last_start`: leading edge — after a quiet period at once, give or take the `coalesce`
-/// window (events of one API change arrive together: a Service and its EndpointSlice); while
-/// rounds are frequent, no sooner than `min_interval` after the previous one started (every
-/// change meanwhile joins that round, so a burst costs one round per interval).
-pub fn next_round_at<I>(changed: I, last_start: I, coalesce: Duration, min_interval: Duration) -> I
-where
-    I: Ord + std::ops::Add<Duration, Output = I>,
-{
-    (changed + coalesce).max(last_start + min_interval)
-}
-
 fn watch_dirs(
     dirs: &[&Path],
     on_change: impl Fn() + Send + Sync + 'static,
@@ -393,17 +382,6 @@ fn watch_dirs(
         }
     }
     Some(w)
-}
-
-/// Whether a file watch event only says a file was read (opened, read, closed unmodified).
-fn is_read(kind: &notify::EventKind) -> bool {
-    use notify::event::{AccessKind, AccessMode};
-    matches!(
-        kind,
-        notify::EventKind::Access(
-            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
-        )
-    )
 }
 
 struct Agent<D> {
@@ -757,36 +735,6 @@ mod tests {
         );
         assert!(allowed("events.k8s.io", "events", "create"));
         assert!(!allowed("", "nodes", "patch"), "never writes Nodes");
-    }
-
-    #[test]
-    fn rounds_start_on_the_leading_edge_and_bursts_are_rate_limited() {
-        let ms = Duration::from_millis;
-        let t0 = Instant::now();
-        let at = |changed: u64, last: u64| {
-            next_round_at(t0 + ms(changed), t0 + ms(last), ms(5), ms(100)) - t0
-        };
-        // Quiet for a while: the round starts after the coalescing window only.
-        assert_eq!(at(1_000, 0), ms(1_005));
-        assert_eq!(at(100, 0), ms(105));
-        // Soon after the previous round: no sooner than the interval.
-        assert_eq!(at(10, 0), ms(100));
-        assert_eq!(at(96, 0), ms(101));
-    }
-
-    #[test]
-    fn reading_the_cni_files_does_not_wake_the_loop() {
-        use notify::EventKind;
-        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
-        assert!(is_read(&EventKind::Access(AccessKind::Read)));
-        assert!(is_read(&EventKind::Access(AccessKind::Close(
-            AccessMode::Read
-        ))));
-        assert!(!is_read(&EventKind::Access(AccessKind::Close(
-            AccessMode::Write
-        ))));
-        assert!(!is_read(&EventKind::Create(CreateKind::File)));
-        assert!(!is_read(&EventKind::Modify(ModifyKind::Any)));
     }
 
     #[test]

@@ -1,0 +1,75 @@
+//! When the agent loops (standalone and Kubernetes) wake up for a change.
+//!
+//! Both are level-triggered: any change starts a round that recomputes everything. A round
+//! starts on the **leading edge** of a change — after a quiet period at once, give or take a
+//! short coalescing window (one edit or API change arrives as a few events together: an
+//! editor's write-and-rename, a Service and its EndpointSlice) — and, while changes keep
+//! coming, no sooner than a minimum interval after the previous round started, so a burst
+//! costs one round per interval whatever its size.
+
+use std::time::Duration;
+
+/// Coalescing window after the first change of a quiet period.
+pub const COALESCE: Duration = Duration::from_millis(5);
+
+/// Shortest time between the starts of two rounds.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// When the round for a change noticed at `changed` starts, the previous round having started
+/// at `last_start` (see the module documentation).
+pub fn next_round_at<I>(changed: I, last_start: I, coalesce: Duration, min_interval: Duration) -> I
+where
+    I: Ord + std::ops::Add<Duration, Output = I>,
+{
+    (changed + coalesce).max(last_start + min_interval)
+}
+
+/// Whether a file watch event only says a file was read (opened, read, closed unmodified).
+/// Such events never wake a loop: every round reads the files it watches (with the inotify
+/// backend, waking on them would loop forever).
+pub fn is_read(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(
+        kind,
+        notify::EventKind::Access(
+            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    #[test]
+    fn rounds_start_on_the_leading_edge_and_bursts_are_rate_limited() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let at = |changed: u64, last: u64| {
+            next_round_at(t0 + ms(changed), t0 + ms(last), ms(5), ms(100)) - t0
+        };
+        // Quiet for a while: the round starts after the coalescing window only.
+        assert_eq!(at(1_000, 0), ms(1_005));
+        assert_eq!(at(100, 0), ms(105));
+        // Soon after the previous round: no sooner than the interval.
+        assert_eq!(at(10, 0), ms(100));
+        assert_eq!(at(96, 0), ms(101));
+    }
+
+    #[test]
+    fn reading_the_watched_files_does_not_wake_a_loop() {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        assert!(is_read(&EventKind::Access(AccessKind::Read)));
+        assert!(is_read(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!is_read(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!is_read(&EventKind::Create(CreateKind::File)));
+        assert!(!is_read(&EventKind::Modify(ModifyKind::Any)));
+    }
+}
