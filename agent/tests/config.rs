@@ -388,3 +388,158 @@ fn route_constants_match_the_seed_crd() {
         format!("{}/{}", route::GROUP, route::VERSION)
     );
 }
+
+/// The class of a load error: an exhaustive match, so a new class does not compile until
+/// [`every_route_validation_error_class_has_its_exact_message`] covers it.
+fn class(e: &LoadError) -> String {
+    match e {
+        LoadError::Io { .. } => "io".into(),
+        LoadError::Syntax { .. } => "syntax".into(),
+        LoadError::Shape { .. } => "shape".into(),
+        LoadError::WrongKind { .. } => "wrong_kind".into(),
+        LoadError::DuplicateName { .. } => "duplicate_name".into(),
+        LoadError::Invalid { problem, .. } => format!(
+            "invalid/{}",
+            match problem {
+                route::Problem::NotCidr => "not_cidr",
+                route::Problem::HostBits { .. } => "host_bits",
+                route::Problem::InterfaceName(_) => "interface_name",
+                route::Problem::NotIp => "not_ip",
+                route::Problem::ViaFamily { .. } => "via_family",
+                route::Problem::ViaNotUnicast => "via_not_unicast",
+                route::Problem::NotLabel { .. } => "not_label",
+                route::Problem::NotSubdomain { .. } => "not_subdomain",
+                route::Problem::NotServiceRef => "not_service_ref",
+                route::Problem::SelectorValues { .. } => "selector_values",
+            }
+        ),
+    }
+}
+
+#[test]
+fn every_route_validation_error_class_has_its_exact_message() {
+    let cr = |spec: &str| {
+        format!("apiVersion: k8s.ovn.org/v1\nkind: Route\nmetadata: {{name: r}}\nspec:\n{spec}")
+    };
+    let cases: Vec<(&str, &str, String, &str)> = vec![
+        (
+            "syntax",
+            "a.yaml",
+            "route: [".into(),
+            "a.yaml: not valid YAML: ",
+        ),
+        (
+            "syntax",
+            "a.json",
+            "{\"route\": ".into(),
+            "a.json: not valid JSON: ",
+        ),
+        (
+            "shape",
+            "r.yaml",
+            cr("  route: [{dst: 10.0.0.0/8}]\n"),
+            r#"r.yaml: document 1 (Route "r"): spec.route[0].dev: required field is missing"#,
+        ),
+        (
+            "wrong_kind",
+            "r.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n".into(),
+            r#"r.yaml: document 1: apiVersion "v1", kind "Service" is not a Route (apiVersion "k8s.ovn.org/v1", kind "Route")"#,
+        ),
+        (
+            "duplicate_name",
+            "r.yaml",
+            format!("{}---\n{}", cr("  route: []\n"), cr("  route: []\n")),
+            r#"r.yaml: document 2 (Route "r"): a Route named "r" is already defined in document 1"#,
+        ),
+        (
+            "invalid/not_cidr",
+            "r.yaml",
+            cr("  route: [{dst: 10.0.0.0/33, dev: eth1}]\n"),
+            r#"r.yaml: document 1 (Route "r"): spec.route[0].dst: "10.0.0.0/33" is not a CIDR"#,
+        ),
+        (
+            "invalid/host_bits",
+            "r.yaml",
+            cr("  route: [{dst: 10.0.0.1/8, dev: eth1}]\n"),
+            r#"r.yaml: document 1 (Route "r"): spec.route[0].dst: "10.0.0.1/8" has host bits set (did you mean "10.0.0.0/8"?)"#,
+        ),
+        (
+            "invalid/interface_name",
+            "r.yaml",
+            cr("  route: [{dst: 10.0.0.0/8, dev: \"eth 1\"}]\n"),
+            r#"r.yaml: document 1 (Route "r"): spec.route[0].dev: "eth 1" is not a valid interface name: it contains whitespace"#,
+        ),
+        (
+            "invalid/not_ip",
+            "r.yaml",
+            cr("  route: [{dst: 10.0.0.0/8, dev: eth1, via: 10.0.0.256}]\n"),
+            r#"r.yaml: document 1 (Route "r"): spec.route[0].via: "10.0.0.256" is not an IP address"#,
+        ),
+        (
+            "invalid/via_family",
+            "r.yaml",
+            cr("  route: [{dst: 10.0.0.0/8, dev: eth1, via: \"fd00::1\"}]\n"),
+            r#"r.yaml: document 1 (Route "r"): spec.route[0].via: "fd00::1" is an IPv6 address, but dst is IPv4"#,
+        ),
+        (
+            "invalid/via_not_unicast",
+            "r.yaml",
+            cr("  route: [{dst: 10.0.0.0/8, dev: eth1, via: 224.0.0.1}]\n"),
+            r#"r.yaml: document 1 (Route "r"): spec.route[0].via: "224.0.0.1" is not a unicast address"#,
+        ),
+        (
+            "invalid/not_label",
+            "r.yaml",
+            cr("  svc: [{namespace: Default, name: nginx, dev: eth1}]\n"),
+            r#"r.yaml: document 1 (Route "r"): spec.svc[0].namespace: "Default" is not a valid namespace (DNS-1123 label: at most 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit)"#,
+        ),
+        (
+            "invalid/not_subdomain",
+            "r.yaml",
+            cr("  pods: [{namespace: default, name: p_1}]\n  route: []\n"),
+            r#"r.yaml: document 1 (Route "r"): spec.pods[0].name: "p_1" is not a valid name (DNS-1123 subdomain: at most 253 characters, dot-separated DNS-1123 labels)"#,
+        ),
+        (
+            "invalid/not_service_ref",
+            "s.json",
+            r#"{"svc": "nginx", "dev": "eth1"}"#.into(),
+            r#"s.json: document 1: svc: "nginx" is not "namespace/name""#,
+        ),
+        (
+            "invalid/selector_values",
+            "r.yaml",
+            cr(
+                "  podSelector: {matchExpressions: [{key: app, operator: In, values: []}]}\n  route: []\n",
+            ),
+            r#"r.yaml: document 1 (Route "r"): spec.podSelector.matchExpressions[0].values: "" does not fit operator In (In and NotIn need values, Exists and DoesNotExist take none)"#,
+        ),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for (want_class, file, text, want) in &cases {
+        let errors = load::load_str(Path::new(file), text)
+            .err()
+            .unwrap_or_else(|| panic!("{want_class}: accepted:\n{text}"));
+        assert_eq!(errors.len(), 1, "{want_class}: {errors:?}");
+        let e = &errors[0];
+        assert_eq!(&class(e), want_class, "{e}");
+        let msg = e.to_string();
+        if *want_class == "syntax" {
+            // The parser's own words follow; the part veer writes is exact.
+            assert!(msg.starts_with(want), "{want_class}: {msg}");
+        } else {
+            assert_eq!(&msg, want, "{want_class}");
+        }
+        seen.insert(want_class.to_string());
+    }
+    // Reading a missing file (the one class load_str cannot produce).
+    let e = load::load_file(Path::new("/nonexistent/veer/r.yaml")).unwrap_err();
+    assert_eq!(class(&e[0]), "io");
+    assert_eq!(
+        e[0].to_string(),
+        "/nonexistent/veer/r.yaml: No such file or directory (os error 2)"
+    );
+    seen.insert("io".into());
+    // Five error kinds, ten kinds of invalid value: every arm of `class`.
+    assert_eq!(seen.len(), 15, "every class is covered: {seen:?}");
+}
