@@ -140,6 +140,41 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// The cargo-fuzz version `cargo xtask test` and `cargo xtask fuzz` use (builds with `--locked`
+/// on the preinstalled nightly; the fuzz workspace's `libfuzzer-sys` 0.4 matches it).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// cargo-fuzz, for the fuzz layer (`fuzz/`). Reinstalled only when missing or another version.
+fn cargo_fuzz() -> Result<()> {
+    let have = output(Command::new("cargo-fuzz").arg("--version"));
+    // `cargo-fuzz 0.13.2`
+    if have
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().nth(1) == Some(CARGO_FUZZ_VERSION))
+    {
+        say(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}"), "present");
+        return Ok(());
+    }
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+        ])
+        .env_remove("CARGO_TARGET_DIR"))?;
+    say(
+        &format!("cargo-fuzz {CARGO_FUZZ_VERSION}"),
+        match have {
+            Some(v) => format!("installed (replacing {})", v.trim()),
+            None => "installed".into(),
+        }
+        .as_str(),
+    );
+    Ok(())
+}
+
 fn bpffs() -> Result<()> {
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
     if mounts
@@ -216,6 +251,7 @@ pub fn setup() -> Result<()> {
     rust_src().context("nightly toolchain")?;
     apt().context("Debian packages")?;
     bpf_linker().context("bpf-linker")?;
+    cargo_fuzz().context("cargo-fuzz")?;
     bpffs().context("bpffs")?;
     kernel()
 }
