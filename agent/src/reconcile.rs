@@ -31,6 +31,12 @@ use crate::{
     podnet::{self, IfaceFacts, PodnetError, SlotTargets},
 };
 
+/// The ruleset of a pod no Route selects any more while its steered flows drain: no rule has
+/// it (ruleset ids start at 1), only the tombstones that keep those flows pinned. A pod handed
+/// to [`Reconciler::sync_pods_with_rulesets`] with it is managed only if it already was, and is
+/// released once no steered flow of its addresses is left.
+pub const DRAIN_RULESET: u32 = 0;
+
 /// The slot of an interface no rule names (`IfaceInfo::slot`): nothing is steered to it.
 pub const NO_SLOT: u32 = u32::MAX;
 
@@ -441,6 +447,7 @@ impl Reconciler {
         let want: BTreeMap<&Path, (&PodSandbox, u32)> = pods
             .iter()
             .filter(|(s, _)| s.netns.exists())
+            .filter(|(s, rs)| *rs != DRAIN_RULESET || self.pods.contains_key(&s.netns))
             .map(|(s, rs)| (s.netns.as_path(), (s, *rs)))
             .collect();
         let gone: Vec<PathBuf> = self
@@ -456,7 +463,15 @@ impl Reconciler {
         }
         for (netns, (s, ruleset)) in want {
             if let Some(mut p) = self.pods.remove(netns) {
+                if ruleset == DRAIN_RULESET && !self.has_steered_flows(&p) {
+                    self.remove_pod(p);
+                    continue;
+                }
                 if p.ruleset != ruleset || p.debug != self.dp.is_debug() {
+                    if p.ruleset != ruleset {
+                        // Before the interface entries name the new ruleset (make before break).
+                        self.carry_flows(&p, ruleset);
+                    }
                     p.ruleset = ruleset;
                     if let Err(e) = self.setup_pod(&mut p, false) {
                         self.fail(&s.namespace, &s.name, netns, &e);
@@ -485,6 +500,63 @@ impl Reconciler {
                     self.pods.insert(netns.to_path_buf(), p);
                 }
                 Err(e) => self.fail(&s.namespace, &s.name, netns, &e),
+            }
+        }
+    }
+
+    /// Whether a steered flow from one of the pod's addresses is in the flow table.
+    fn has_steered_flows(&self, p: &PodState) -> bool {
+        let addrs: BTreeSet<[u8; 16]> = p.facts.iter().flat_map(addresses).collect();
+        self.maps.flows.iter().filter_map(Result::ok).any(|(k, v)| {
+            k.dir == veer_common::DIR_OUT
+                && v.kind == veer_common::FLOW_STEER
+                && addrs.contains(&k.saddr)
+        })
+    }
+
+    /// Keeps the pod's pinned steered flows visible after it moves to ruleset `to`: the egress
+    /// program consults the flow table only for destinations its ruleset covers, so each flow
+    /// destination `to` does not cover gets a host tombstone there (it steers nothing new; the
+    /// sweep removes it once the flow has ended). Without it an established steered connection
+    /// would fall back to the kernel's path mid-stream, with another source address.
+    fn carry_flows(&mut self, p: &PodState, to: u32) {
+        let addrs: BTreeSet<[u8; 16]> = p.facts.iter().flat_map(addresses).collect();
+        let mut needed: BTreeMap<IpNet, u32> = BTreeMap::new();
+        for (k, v) in self.maps.flows.iter().filter_map(Result::ok) {
+            if k.dir != veer_common::DIR_OUT
+                || v.kind != veer_common::FLOW_STEER
+                || !addrs.contains(&k.saddr)
+            {
+                continue;
+            }
+            let host = if k.family == veer_common::FAMILY_V4 {
+                let a: [u8; 4] = k.daddr[..4].try_into().expect("4 bytes");
+                IpNet::from(std::net::IpAddr::from(a))
+            } else {
+                IpNet::from(std::net::IpAddr::from(k.daddr))
+            };
+            let covered = self
+                .applied
+                .entries
+                .keys()
+                .chain(self.tombstones.keys())
+                .any(|(rs, n)| *rs == to && n.contains(&host.addr()));
+            if !covered {
+                needed.insert(host, v.rule_id);
+            }
+        }
+        for (host, rule_id) in needed {
+            let v = RuleValue {
+                rule_id,
+                ..RuleValue::default()
+            };
+            match self.bury(to, host, v) {
+                Ok(()) => {
+                    tracing::info!(pod = %format!("{}/{}", p.namespace, p.name), ruleset = to, dst = %host, "pinned flow carried into the pod's new ruleset")
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %format!("{}/{}", p.namespace, p.name), dst = %host, error = %crate::error_chain(&e), "a pinned flow may fall back to the kernel's path")
+                }
             }
         }
     }
@@ -624,6 +696,14 @@ impl Reconciler {
             .iter()
             .map(|(f, s)| (f.name.clone(), f.ifindex, u16::try_from(*s).ok()))
             .collect();
+        if p.ruleset == DRAIN_RULESET {
+            p.skipped.push(Skip {
+                iface: String::new(),
+                reason: "no Route selects the pod any more: its programs stay until its steered \
+                         flows end (no new flow is steered)"
+                    .into(),
+            });
+        }
         if p.ifaces.is_empty() {
             p.skipped.push(Skip {
                 iface: String::new(),

@@ -306,7 +306,9 @@ fn test(no_setup: bool, soak: bool) -> Result<()> {
     run(cargo()
         .args(["test", "--package", "veer-tests", "--test", "netns"])
         .args(["--", "--test-threads=1"]))?;
-    eprintln!("== layer: agent end-to-end, the real `veer` binary (root)");
+    eprintln!(
+        "== layer: agent end-to-end: the real `veer` binary, and the Kubernetes loop in process (root)"
+    );
     run(cargo()
         .args([
             "test",
@@ -316,6 +318,8 @@ fn test(no_setup: bool, soak: bool) -> Result<()> {
             "e2e",
             "--test",
             "e2e_cli",
+            "--test",
+            "k8s_e2e",
         ])
         .env("VEER_BIN", agent_bin())
         .args(["--", "--test-threads=1"]))?;

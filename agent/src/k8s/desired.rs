@@ -99,6 +99,9 @@ pub struct Assignment {
     pub without_sandbox: BTreeSet<String>,
     /// Sandboxes whose pod is not known from the API (yet): not managed this round.
     pub unknown: Vec<PodSandbox>,
+    /// Sandboxes of known pods no Route selects: a managed one drains its steered flows
+    /// ([`DRAIN_RULESET`](crate::reconcile::DRAIN_RULESET)) before it is released.
+    pub unselected: Vec<PodSandbox>,
 }
 
 impl Desired {
@@ -116,8 +119,9 @@ impl Desired {
             match self.pods.get(&s.uid) {
                 Some(p) => {
                     seen.insert(s.uid.as_str());
-                    if let Some(rs) = p.ruleset {
-                        out.pods.push((s.clone(), rs));
+                    match p.ruleset {
+                        Some(rs) => out.pods.push((s.clone(), rs)),
+                        None => out.unselected.push(s.clone()),
                     }
                 }
                 None => out.unknown.push(s.clone()),

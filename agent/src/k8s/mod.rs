@@ -456,7 +456,19 @@ impl<D: NodeDataplane> Agent<D> {
                 tracing::warn!(issue = %i, "rule not applied as written");
             }
             let mut dp = self.dp.take().expect("dataplane present between rounds");
-            let pods = assignment.pods.clone();
+            // Unselected pods go along in the drain ruleset: a managed one keeps its programs
+            // until its steered flows end (established connections keep their path).
+            let pods: Vec<(crate::config::PodSandbox, u32)> = assignment
+                .pods
+                .iter()
+                .cloned()
+                .chain(
+                    assignment
+                        .unselected
+                        .iter()
+                        .map(|s| (s.clone(), crate::reconcile::DRAIN_RULESET)),
+                )
+                .collect();
             let first = self.first;
             let stale_pending = self.stale_pending;
             let root = self.cfg.bpffs_root.clone();
