@@ -3,7 +3,7 @@
 //! Every packet the programs see increments exactly one "verdict" counter (the `PASS_*`,
 //! `STEER_*`, `REVNAT_*`, `DROP_*` and `ERR_*` ones) plus, independently, one of
 //! [`PKT_IPV4`]/[`PKT_IPV6`]/[`PASS_NOT_IP`] for the L3 family. [`MSS_CLAMPED`], [`COLLISION`],
-//! [`FLOW_EXPIRED`] and [`PINNED_INBOUND`] are side counters.
+//! [`FLOW_EXPIRED`], [`PINNED_INBOUND`] and [`FLOW_HALF_EVICTED`] are side counters.
 
 /// IPv4 packets seen (family counter).
 pub const PKT_IPV4: u32 = 0;
@@ -63,6 +63,15 @@ pub const COLLISION: u32 = 25;
 pub const FLOW_EXPIRED: u32 = 26;
 /// Side counter: an inbound connection was pinned so its replies leave where it came in.
 pub const PINNED_INBOUND: u32 = 27;
+/// Side counter: a steered flow was found with only one of its two `VEER_FLOWS_V1` entries
+/// (the outgoing one without its reply entry, or the reply entry without the outgoing one).
+/// The datapath and the agent always create and delete the pair together, so one half missing
+/// means the flow-table LRU evicted it — with one exception: an idle reply entry removed on
+/// ingress (`flow_expired`) while the pod kept sending. Checked when a packet refreshes the
+/// outgoing entry (a TCP state change, or at most once a second per flow) and on a SYN that
+/// finds its reply entry but no outgoing one. A pair evicted whole is not seen (nothing is
+/// left to notice it): this counts broken flows, a lower bound of the evictions.
+pub const FLOW_HALF_EVICTED: u32 = 28;
 
 /// Number of slots in `VEER_STATS_V1`.
 pub const COUNT: u32 = 32;
@@ -97,7 +106,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "collision",
     "flow_expired",
     "pinned_inbound",
-    "reserved_28",
+    "flow_half_evicted",
     "reserved_29",
     "reserved_30",
     "reserved_31",

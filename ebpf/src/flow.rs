@@ -16,7 +16,8 @@ use veer_common::{
 use crate::{
     Verdict,
     maps::{
-        VEER_FLOWS_V1, VEER_IFACES_V1, VEER_RULES4_V1, VEER_RULES6_V1, config, count, count_rule,
+        VEER_CONFIG_V1, VEER_FLOWS_V1, VEER_IFACES_V1, VEER_RULES4_V1, VEER_RULES6_V1, count,
+        count_rule,
     },
     packet::{
         ETH_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Pkt, TCP_ACK, TCP_FIN,
@@ -112,33 +113,61 @@ fn timeout_ns(cfg: &Config, state: u8) -> u64 {
     s as u64 * NS_PER_S
 }
 
-/// Whether a flow entry has idled out.
+/// The idle timeout of a flow in `state` from the configuration entry, reading that one field
+/// in place. Volatile reads keep the compiler from turning the choice into a computed offset
+/// into the map value, which the verifier cannot bound.
+#[inline(always)]
+fn configured_timeout_s(c: &Config, state: u8) -> u32 {
+    // SAFETY: each pointer is a field of a live map value.
+    unsafe {
+        match state {
+            ST_SYN => core::ptr::read_volatile(&c.tcp_syn_timeout_s),
+            ST_EST => core::ptr::read_volatile(&c.tcp_est_timeout_s),
+            ST_CLOSING => core::ptr::read_volatile(&c.tcp_close_timeout_s),
+            _ => core::ptr::read_volatile(&c.other_timeout_s),
+        }
+    }
+}
+
+/// Whether a flow entry has idled out. Reads only the one timeout it needs from the
+/// configuration entry (defaults when the agent has written none), without copying the entry.
 #[inline(always)]
 fn expired(f: &FlowValue, now: u64) -> bool {
-    now > f.last_seen_ns && now - f.last_seen_ns > timeout_ns(&config(), f.state)
+    if now <= f.last_seen_ns {
+        return false;
+    }
+    let timeout = match VEER_CONFIG_V1.get(0) {
+        Some(c) if c.other_timeout_s != 0 => configured_timeout_s(c, f.state) as u64 * NS_PER_S,
+        _ => timeout_ns(&Config::DEFAULT, f.state),
+    };
+    now - f.last_seen_ns > timeout
 }
 
 /// Records a packet of the flow: TCP state and, at most once a second, the last-seen time
-/// (so busy flows do not write a shared cache line per packet).
+/// (so busy flows do not write a shared cache line per packet). Returns whether the entry was
+/// written (a state change or a last-seen refresh).
 #[inline(always)]
-fn touch(f: &mut FlowValue, now: u64, tcp_flags: u8) {
+fn touch(f: &mut FlowValue, now: u64, tcp_flags: u8) -> bool {
     if f.state != ST_NONE {
         if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             if f.state != ST_CLOSING {
                 f.state = ST_CLOSING;
                 f.last_seen_ns = now;
+                return true;
             }
-            return;
+            return false;
         }
         if f.state == ST_SYN && tcp_flags & TCP_ACK != 0 {
             f.state = ST_EST;
             f.last_seen_ns = now;
-            return;
+            return true;
         }
     }
     if now > f.last_seen_ns + NS_PER_S {
         f.last_seen_ns = now;
+        return true;
     }
+    false
 }
 
 #[inline(always)]
@@ -226,8 +255,33 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
         // SAFETY: LRU map value; concurrent writers only store whole fields.
         let f = unsafe { &mut *fp };
         if !expired(f, now) {
-            touch(f, now, p.tcp_flags);
+            let refreshed = touch(f, now, p.tcp_flags);
             if f.kind == FLOW_STEER {
+                // Whenever the entry is written anyway (at most once a second per flow, and on
+                // TCP state changes), check that its reply entry is still there: the pair is
+                // created and deleted together, so a missing half was evicted by the LRU. It is
+                // counted and restored (replies are translated again), so counted once.
+                let rev_key = reverse(&key, f.addr, DIR_IN);
+                // SAFETY: read-only presence check.
+                if refreshed && unsafe { VEER_FLOWS_V1.get(&rev_key) }.is_none() {
+                    count(stats::FLOW_HALF_EVICTED);
+                    let rev = FlowValue {
+                        kind: FLOW_REVNAT,
+                        state: f.state,
+                        _pad0: [0; 2],
+                        rule_id: f.rule_id,
+                        ifindex,
+                        mss: f.mss,
+                        mtu: 0,
+                        addr: p.saddr,
+                        nexthop: [0; 16],
+                        mac: me.mac,
+                        _pad2: [0; 2],
+                        last_seen_ns: now,
+                        created_ns: f.created_ns,
+                    };
+                    let _ = VEER_FLOWS_V1.insert(&rev_key, &rev, BPF_NOEXIST as u64);
+                }
                 return steer(ctx, &p, f, stats::STEER_PINNED);
             }
             return Ok(Verdict::pass(stats::PASS_PINNED_NATIVE));
@@ -349,7 +403,9 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
             );
             return Ok(Verdict::pass(stats::COLLISION));
         }
-        // A retransmitted SYN of our own flow whose outgoing entry was lost: take it over.
+        // A retransmitted SYN of our own flow whose outgoing entry was lost (evicted: the
+        // pair is only ever deleted together): take it over.
+        count(stats::FLOW_HALF_EVICTED);
         if VEER_FLOWS_V1.insert(&rev_key, &v, BPF_ANY as u64).is_err() {
             return Err(stats::ERR_FLOW_INSERT);
         }
@@ -391,7 +447,7 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
         // SAFETY: as in `try_egress`.
         let f = unsafe { &mut *fp };
         if !expired(f, now) {
-            touch(f, now, p.tcp_flags);
+            let _ = touch(f, now, p.tcp_flags);
             if f.kind != FLOW_REVNAT {
                 return Ok(Verdict::pass(stats::PASS_PINNED_NATIVE));
             }

@@ -8,8 +8,9 @@
 //! Stack: the egress program uses most of the 512-byte BPF stack already, so events keep to a
 //! few arguments (each literal piece, hint and value of a format string is a field on the stack).
 
-/// Whether debug events are switched on: `CFG_F_DEBUG` in the configuration that
-/// `maps::config` would return, read in place rather than copied onto the stack.
+/// Whether debug events are switched on: `CFG_F_DEBUG` in the configuration entry (none
+/// written, or one with a zero `other_timeout_s`: the defaults, debug off), read in place
+/// rather than copied onto the stack.
 #[cfg(feature = "debug-log")]
 #[inline(always)]
 pub fn enabled() -> bool {

@@ -58,12 +58,3 @@ pub fn count_rule(rule_id: u32, bytes: u32) {
         }
     }
 }
-
-/// The run-time configuration (defaults when the agent has not written one).
-#[inline(always)]
-pub fn config() -> Config {
-    match VEER_CONFIG_V1.get(0) {
-        Some(c) if c.other_timeout_s != 0 => *c,
-        _ => Config::DEFAULT,
-    }
-}

@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use veer_common::{
     Config, DIR_IN, DIR_OUT, FAMILY_V4, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER, FlowKey, FlowValue,
-    ST_CLOSING, ST_EST, ST_SYN,
+    ST_CLOSING, ST_EST, ST_SYN, stats,
 };
 use veer_tests::{harness::*, ns::in_fresh_netns, packet::*, privileged::require_root};
 
@@ -697,6 +697,118 @@ fn syn_then_syn_ack_moves_the_reverse_entry_to_established() {
             .map(|(_, v)| v.state)
             .collect();
         assert_eq!(rev, vec![ST_CLOSING]);
+    });
+}
+
+/// The reply entry of the steered TCP flow `pod:sport → srv:80` (translated to eth1's address).
+fn rev_key(h: &Harness, srv: IpAddr, sport: u16) -> FlowKey {
+    let k: Vec<_> = flow(h, DIR_IN, FLOW_REVNAT)
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| u16::from_be(k.dport) == sport && k.saddr[..4] == a4(srv))
+        .collect();
+    assert_eq!(k.len(), 1, "one reply entry for port {sport}");
+    k[0]
+}
+
+fn a4(ip: IpAddr) -> [u8; 4] {
+    match ip {
+        IpAddr::V4(v) => v.octets(),
+        IpAddr::V6(_) => panic!("IPv4 only"),
+    }
+}
+
+fn half_evicted(h: &Harness) -> u64 {
+    h.stats()[stats::FLOW_HALF_EVICTED as usize]
+}
+
+#[test]
+fn a_steered_flow_that_lost_half_of_its_entry_pair_is_counted_once_and_repaired() {
+    with_harness("half-evicted", |h| {
+        h.rule("172.16.10.0/24", 1, 1, None);
+        let (pod, srv, xlat) = (a("10.244.1.5"), a("172.16.10.7"), a("10.124.2.5"));
+        let seg = |sport: u16, flags: u8| tcp_frame(pod, srv, sport, 80, flags, &[]);
+
+        // Control: both halves present; SYN, ACK (state change) and FIN (state change) are
+        // checked and count nothing.
+        for flags in [SYN, ACK, ACK | FIN] {
+            assert_eq!(
+                h.egress(h.eth0.ifindex, &seg(40040, flags)).ret,
+                TC_ACT_REDIRECT
+            );
+        }
+        assert_eq!(half_evicted(h), 0, "{:?}", h.stats());
+
+        // The reply entry disappears (as an LRU eviction would do it): the next packet that
+        // refreshes the outgoing entry (SYN → established) counts it once and restores it.
+        assert_eq!(
+            h.egress(h.eth0.ifindex, &seg(40041, SYN)).ret,
+            TC_ACT_REDIRECT
+        );
+        let rk = rev_key(h, srv, 40041);
+        let original = h.maps.flows.get(&rk, 0).unwrap();
+        h.maps.flows.remove(&rk).unwrap();
+        assert_eq!(
+            h.egress(h.eth0.ifindex, &seg(40041, ACK)).ret,
+            TC_ACT_REDIRECT
+        );
+        assert_eq!(half_evicted(h), 1);
+        let restored = h.maps.flows.get(&rk, 0).expect("reply entry restored");
+        assert_eq!(
+            (
+                restored.kind,
+                restored.state,
+                restored.rule_id,
+                restored.ifindex
+            ),
+            (FLOW_REVNAT, ST_EST, original.rule_id, original.ifindex)
+        );
+        assert_eq!(
+            (
+                restored.addr,
+                restored.mac,
+                restored.mss,
+                restored.created_ns
+            ),
+            (
+                original.addr,
+                original.mac,
+                original.mss,
+                original.created_ns
+            )
+        );
+        // Counted once: later packets find the pair whole; replies are translated again.
+        h.egress(h.eth0.ifindex, &seg(40041, ACK | FIN));
+        assert_eq!(half_evicted(h), 1);
+        let reply = tcp_frame(srv, xlat, 80, 40041, ACK, &[]);
+        let r = h.ingress(h.eth1.ifindex, &reply);
+        assert_eq!(veer_tests::packet::parse(&r.out).dst, pod, "reply restored");
+
+        // The outgoing entry disappears: the retransmitted SYN finds only the reply entry,
+        // counts it and is steered again with a whole pair.
+        assert_eq!(
+            h.egress(h.eth0.ifindex, &seg(40042, SYN)).ret,
+            TC_ACT_REDIRECT
+        );
+        let out: Vec<_> = flow(h, DIR_OUT, FLOW_STEER)
+            .into_iter()
+            .filter(|(k, _)| u16::from_be(k.sport) == 40042)
+            .collect();
+        assert_eq!(out.len(), 1);
+        h.maps.flows.remove(&out[0].0).unwrap();
+        let before = h.stats();
+        assert_eq!(
+            h.egress(h.eth0.ifindex, &seg(40042, SYN)).ret,
+            TC_ACT_REDIRECT
+        );
+        let d = Harness::delta(&before, &h.stats());
+        assert!(d.contains(&("flow_half_evicted", 1)), "{d:?}");
+        assert!(d.contains(&("steer_new", 1)), "{d:?}");
+        assert!(
+            h.maps.flows.get(&out[0].0, 0).is_ok(),
+            "outgoing entry back"
+        );
+        rev_key(h, srv, 40042);
     });
 }
 

@@ -315,7 +315,8 @@ mod tests {
         assert_eq!(counter_class("drop_too_big"), "drop");
         assert_eq!(counter_class("err_rewrite"), "error");
         assert_eq!(counter_class("mss_clamped"), "side");
-        assert_eq!(named_counters(&[0; 32]).count(), 28);
+        assert_eq!(counter_class("flow_half_evicted"), "side");
+        assert_eq!(named_counters(&[0; 32]).count(), 29);
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         let o = occupancy(3, 0, 1, 65_536, 2);
