@@ -306,8 +306,22 @@ pub fn stale_pin(maps_dir: &Path, name: &str) -> PathBuf {
     maps_dir.join(format!("{name}{}", paths::STALE_SUFFIX))
 }
 
-/// Removes the pins a layout migration moved aside under `root` (call once every pod runs the
-/// new programs: until then old programs may still use those maps). Returns how many.
+/// Whether a pin called `name` in the maps directory is a veer map of another version:
+/// `VEER_<WHAT>_V<n>` that this build does not use (its maps were renamed by a version bump).
+pub fn is_other_version(name: &str) -> bool {
+    let versioned = name
+        .strip_prefix("VEER_")
+        .and_then(|r| r.rsplit_once("_V"))
+        .is_some_and(|(what, v)| {
+            !what.is_empty() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())
+        });
+    versioned && !layouts().iter().any(|l| l.name == name)
+}
+
+/// Removes the pins a layout migration left under `root`: maps moved aside as `<NAME>_stale`,
+/// and maps of other versions (`VEER_<WHAT>_V<n>` names this build does not use). Call once
+/// every pod runs the new programs: until then old programs may still use those maps. Returns
+/// how many.
 pub fn remove_stale_pins(root: &Path) -> usize {
     let maps_dir = root.join(paths::MAPS_DIR);
     let mut n = 0;
@@ -315,6 +329,13 @@ pub fn remove_stale_pins(root: &Path) -> usize {
         let stale = stale_pin(&maps_dir, want.name);
         if fs::remove_file(&stale).is_ok() {
             tracing::info!(pin = %stale.display(), "old map of a layout migration removed");
+            n += 1;
+        }
+    }
+    for e in fs::read_dir(&maps_dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if name.to_str().is_some_and(is_other_version) && fs::remove_file(e.path()).is_ok() {
+            tracing::info!(pin = %e.path().display(), "map of another version removed");
             n += 1;
         }
     }
@@ -473,4 +494,34 @@ impl Dataplane {
 /// The embedded object to load.
 fn object(debug: bool) -> &'static [u8] {
     if debug { EBPF_DEBUG_OBJ } else { EBPF_OBJ }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_of_other_map_versions_are_recognised_and_current_ones_kept() {
+        for l in layouts() {
+            assert!(!is_other_version(l.name), "{} is current", l.name);
+            let older = l.name.replace("_V1", "_V0");
+            assert!(is_other_version(&older), "{older}");
+            assert!(is_other_version(&l.name.replace("_V1", "_V12")));
+            assert!(!is_other_version(&format!(
+                "{}{}",
+                l.name,
+                paths::STALE_SUFFIX
+            )));
+        }
+        for other in [
+            "VEER_V1",
+            "VEER__V1",
+            "VEER_RULES4_V",
+            "VEER_RULES4_Vx",
+            "cilium_lb4_V1",
+            "",
+        ] {
+            assert!(!is_other_version(other), "{other:?}");
+        }
+    }
 }

@@ -560,13 +560,15 @@ fn upgrade_with_a_changed_map_layout_migrates_make_before_break_and_drops_old_pi
         "{} left behind after a successful round",
         stale.display()
     );
-    rec.note("the `_stale` pin is removed after the first successful round");
-    if v0.exists() {
-        rec.finding(
-            "a pin of an older map version (VEER_RULES4_V0) is left in place: the agent only \
-             cleans `<NAME>_stale`, not maps whose `_V<n>` name it no longer uses",
-        );
-    }
+    assert!(
+        !v0.exists(),
+        "{} (a map of an older version) left behind after a successful round",
+        v0.display()
+    );
+    rec.note(
+        "the `_stale` pin and the VEER_RULES4_V0 pin (older version) are removed after the first \
+         successful round",
+    );
     rec.pass();
 }
 
