@@ -321,6 +321,7 @@ pub async fn run_with<D: NodeDataplane>(
         stale_pending: true,
         round: 0,
         debug: None,
+        reported: Default::default(),
     };
     agent.debug = agent.cfg.status_file.as_deref().map(DebugControl::new);
     while !stop.load(Ordering::Relaxed) {
@@ -405,6 +406,8 @@ struct Agent<D> {
     round: u64,
     /// `veer debug on|off` requests, read beside the status file.
     debug: Option<DebugControl>,
+    /// Service warnings and rule issues last logged.
+    reported: (Vec<String>, Vec<String>),
 }
 
 impl<D: NodeDataplane> Agent<D> {
@@ -433,9 +436,11 @@ impl<D: NodeDataplane> Agent<D> {
         let snap = refl.snapshot();
         let desired = desired_from_stores(&snap, &node, &self.ruleset_ids);
         self.ruleset_ids = desired.ruleset_ids.clone();
-        for w in &desired.service_warnings {
-            tracing::warn!(warning = %w, "Service address ignored");
-        }
+        let warnings: Vec<String> = desired
+            .service_warnings
+            .iter()
+            .map(|w| format!("service: {w}"))
+            .collect();
 
         let (sandboxes, cni_errors) = cni::scan_dir(&self.cfg.cni_dir);
         for e in &cni_errors {
@@ -451,10 +456,21 @@ impl<D: NodeDataplane> Agent<D> {
             }
         };
         let mut outcomes: BTreeMap<String, PodOutcome> = BTreeMap::new();
-        if let Some(c) = compiled.clone() {
-            for i in &c.issues {
+        // Warnings are logged when they change, not every round (the status file has them).
+        let issues: Vec<String> = compiled
+            .iter()
+            .flat_map(|c| c.issues.iter().map(|i| format!("issue: {i}")))
+            .collect();
+        if (&warnings, &issues) != (&self.reported.0, &self.reported.1) {
+            for w in &desired.service_warnings {
+                tracing::warn!(warning = %w, "Service address ignored");
+            }
+            for i in compiled.iter().flat_map(|c| &c.issues) {
                 tracing::warn!(issue = %i, "rule not applied as written");
             }
+            self.reported = (warnings, issues);
+        }
+        if let Some(c) = compiled.clone() {
             let mut dp = self.dp.take().expect("dataplane present between rounds");
             // Unselected pods go along in the drain ruleset: a managed one keeps its programs
             // until its steered flows end (established connections keep their path).
