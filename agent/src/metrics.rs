@@ -297,6 +297,20 @@ impl Collector for MapCollector {
             "veer_map_pressure_ratio",
             "Entries over capacity of each map (0..1).",
             &ratio,
+        )?;
+        // `veer debug on` sets the flag once the debug programs are in (an unset configuration,
+        // zero timeouts, means the defaults: off).
+        let debug = maps
+            .config
+            .get(&0, 0)
+            .ok()
+            .filter(|c| c.other_timeout_s != 0)
+            .is_some_and(|c| c.flags & veer_common::CFG_F_DEBUG != 0);
+        gauge(
+            &mut enc,
+            "veer_debug_events_enabled",
+            "Whether the eBPF debug events are switched on (`veer debug`): they cost per packet.",
+            &[(vec![], i64::from(debug))],
         )
     }
 }

@@ -363,13 +363,25 @@ fn new_flow_events(log: &str) -> usize {
         .count()
 }
 
-/// Whether `veer maps` shows `CFG_F_DEBUG` set.
-fn config_debug(env: &Env) -> bool {
+/// Whether `veer maps` shows `CFG_F_DEBUG` set; the `veer_debug_events_enabled` metric must
+/// say the same.
+fn config_debug(env: &Env, metrics: SocketAddr) -> bool {
     let v = env.cli(&["maps", "-o", "json"]);
-    match v.get("config").get("debug") {
+    let on = match v.get("config").get("debug") {
         Json::Bool(b) => *b,
         other => panic!("veer maps config.debug: {other:?}"),
-    }
+    };
+    let (_, body) = http_get(metrics, "/metrics").expect("scrape /metrics");
+    let gauge = body
+        .lines()
+        .find_map(|l| l.strip_prefix("veer_debug_events_enabled "))
+        .unwrap_or_else(|| panic!("no veer_debug_events_enabled in:\n{body}"));
+    assert_eq!(
+        gauge.trim(),
+        if on { "1" } else { "0" },
+        "metric vs veer maps"
+    );
+    on
 }
 
 #[test]
@@ -379,7 +391,8 @@ fn veer_debug_switches_ebpf_events_on_and_off_at_runtime_without_restart_or_deta
     ) {
         return;
     }
-    let env = Env::new(None);
+    let metrics = free_local_addr();
+    let env = Env::new(Some(metrics));
     let pod = env.pod();
     let pid = env.agent.pid().expect("agent running");
     let links0 = env.agent.pinned_links();
@@ -405,7 +418,7 @@ fn veer_debug_switches_ebpf_events_on_and_off_at_runtime_without_restart_or_deta
         0,
         "events while off"
     );
-    assert!(!config_debug(&env), "CFG_F_DEBUG set while off");
+    assert!(!config_debug(&env, metrics), "CFG_F_DEBUG set while off");
 
     let out = debug_cli(&env, &["on", "--for", "10m"]);
     assert!(
@@ -422,7 +435,7 @@ fn veer_debug_switches_ebpf_events_on_and_off_at_runtime_without_restart_or_deta
         links1.iter().all(|(l, p)| links0[l] != *p),
         "every link runs a new program: before {links0:?}, after {links1:?}"
     );
-    assert!(config_debug(&env), "CFG_F_DEBUG not set while on");
+    assert!(config_debug(&env, metrics), "CFG_F_DEBUG not set while on");
     let status = env.cli(&["status", "-o", "json"]);
     assert_eq!(
         status.get("debug_events").get("on"),
@@ -465,7 +478,10 @@ fn veer_debug_switches_ebpf_events_on_and_off_at_runtime_without_restart_or_deta
         links2.iter().all(|(l, p)| links1[l] != *p),
         "the default programs are back: {links1:?} → {links2:?}"
     );
-    assert!(!config_debug(&env), "CFG_F_DEBUG still set after off");
+    assert!(
+        !config_debug(&env, metrics),
+        "CFG_F_DEBUG still set after off"
+    );
     // Give the reader a moment to pass on anything still in the ring, then nothing more comes.
     std::thread::sleep(Duration::from_millis(500));
     let events = new_flow_events(&env.agent.log_text());
