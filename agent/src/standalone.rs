@@ -3,7 +3,8 @@
 //!
 //! The loop is level-triggered: any change of a watched path (Route files, Service files, the
 //! CNI result cache, the netns directory) wakes it on the leading edge ([`crate::wake`]: 5 ms
-//! after a quiet period, at most one round per 100 ms in bursts), and it also runs every
+//! after a quiet period; in bursts at most one round per twice a round's duration, at least 20 ms
+//! apart), and it also runs every
 //! `resync` interval.
 //! Each round reloads the sources, recompiles, writes the rule difference, and makes the managed
 //! pods match the CNI cache. A bad Route file keeps its last good version in force; the other
@@ -30,7 +31,7 @@ use crate::{
     debug::{DebugControl, DebugState, unix_now},
     metrics::Metrics,
     reconcile::{PodFailure, PodState, ReconcileError, Reconciler},
-    wake::{COALESCE, MIN_INTERVAL, is_read, next_round_at},
+    wake::{COALESCE, MIN_INTERVAL, interval_after, is_read, next_round_at},
 };
 
 /// Settings of standalone mode.
@@ -306,7 +307,12 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
             match rx.recv_timeout(slice) {
                 Ok(()) => {
                     // Leading edge (see `crate::wake`): events until the round starts join it.
-                    let at = next_round_at(Instant::now(), started, COALESCE, MIN_INTERVAL);
+                    let at = next_round_at(
+                        Instant::now(),
+                        started,
+                        COALESCE,
+                        interval_after(elapsed, MIN_INTERVAL),
+                    );
                     while rx
                         .recv_timeout(at.saturating_duration_since(Instant::now()))
                         .is_ok()

@@ -4,8 +4,10 @@
 //! starts on the **leading edge** of a change — after a quiet period at once, give or take a
 //! short coalescing window (one edit or API change arrives as a few events together: an
 //! editor's write-and-rename, a Service and its EndpointSlice) — and, while changes keep
-//! coming, no sooner than a minimum interval after the previous round started, so a burst
-//! costs one round per interval whatever its size.
+//! coming, no sooner than an interval after the previous round started that grows with the
+//! cost of a round ([`interval_after`]: twice the last round's duration, at least
+//! [`MIN_INTERVAL`]), so a burst costs one round per interval whatever its size and rounds take
+//! at most about half of the agent's time during an event storm.
 
 use std::time::Duration;
 
@@ -13,7 +15,17 @@ use std::time::Duration;
 pub const COALESCE: Duration = Duration::from_millis(5);
 
 /// Shortest time between the starts of two rounds.
-pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub const MIN_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Longest time between the starts of two rounds while changes keep coming.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The least time between the start of a round that took `round` and the start of the next:
+/// twice its duration (rounds take at most half the agent's time during a burst), within
+/// `floor` and [`MAX_INTERVAL`].
+pub fn interval_after(round: Duration, floor: Duration) -> Duration {
+    (round * 2).clamp(floor, MAX_INTERVAL.max(floor))
+}
 
 /// When the round for a change noticed at `changed` starts, the previous round having started
 /// at `last_start` (see the module documentation).
@@ -56,6 +68,24 @@ mod tests {
         // Soon after the previous round: no sooner than the interval.
         assert_eq!(at(10, 0), ms(100));
         assert_eq!(at(96, 0), ms(101));
+    }
+
+    #[test]
+    fn the_interval_grows_with_the_cost_of_a_round_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(interval_after(ms(1), MIN_INTERVAL), MIN_INTERVAL);
+        assert_eq!(interval_after(ms(15), MIN_INTERVAL), ms(30));
+        assert_eq!(interval_after(ms(900), MIN_INTERVAL), MAX_INTERVAL);
+        assert_eq!(
+            interval_after(ms(1), ms(100)),
+            ms(100),
+            "a larger floor wins"
+        );
+        assert_eq!(
+            interval_after(ms(1), ms(2000)),
+            ms(2000),
+            "even above the cap"
+        );
     }
 
     #[test]

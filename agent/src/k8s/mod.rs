@@ -15,7 +15,8 @@
 //!
 //! The loop ([`run`], [`run_with`]) is level-triggered: any relevant change (or the resync
 //! interval, or a change in the CNI result cache) starts a round — at once after a quiet period
-//! (a 5 ms coalescing window), at most one per 100 ms during bursts ([`crate::wake`]) — that
+//! (a 5 ms coalescing window), during bursts at most one per twice the duration of a round, at
+//! least 20 ms apart ([`crate::wake`]) — that
 //! recomputes the whole
 //! desired state from the stores, compiles it against what is applied, writes the difference,
 //! and brings the managed pods (CNI sandboxes matched to API pods by UID) in line. Nothing is
@@ -52,7 +53,7 @@ use crate::config::compile::Compiled;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::debug::{DebugControl, DebugState, unix_now};
 use crate::reconcile::{ReconcileError, Reconciler};
-use crate::wake::{is_read, next_round_at};
+use crate::wake::{interval_after, is_read, next_round_at};
 
 use apply::{NodeDataplane, PodOutcome};
 use crd::RouteStatus;
@@ -159,8 +160,8 @@ pub struct K8sConfig {
     /// How long the round for a change waits for the changes that come with it (see
     /// [`crate::wake`]): a few ms, so a watch event reaches the maps at once.
     pub coalesce: Duration,
-    /// The least time between the starts of two rounds: a burst of changes costs one round
-    /// per interval.
+    /// The least time between the starts of two rounds (the floor of
+    /// [`crate::wake::interval_after`]): a burst of changes costs one round per interval.
     pub min_interval: Duration,
     /// How long a status entry of a node that no longer exists stays before this agent's turn
     /// to remove it comes (see [`gc`]).
@@ -169,7 +170,7 @@ pub struct K8sConfig {
 
 impl K8sConfig {
     /// Defaults for a node: the usual host paths, resync every 30 s, rounds 5 ms after a change
-    /// and at most every 100 ms, 30 s grace before removing the status entries of deleted
+    /// and at most every 20 ms (or twice a round's duration), 30 s grace before removing the status entries of deleted
     /// nodes.
     pub fn new(node_name: impl Into<String>, bpffs_root: impl Into<PathBuf>) -> Self {
         Self {
@@ -331,11 +332,8 @@ pub async fn run_with<D: NodeDataplane>(
         let _ = refl.changed.notified().now_or_never();
         agent.sync_debug().await?;
         agent.round(&refl).await?;
-        tracing::debug!(
-            round = agent.round,
-            ms = started.elapsed().as_millis(),
-            "reconciled"
-        );
+        let took = started.elapsed();
+        tracing::debug!(round = agent.round, ms = took.as_millis(), "reconciled");
         // Wait for a change, the resync interval, or stop.
         let resync_at = started + agent.cfg.resync;
         loop {
@@ -348,7 +346,7 @@ pub async fn run_with<D: NodeDataplane>(
                         tokio::time::Instant::now(),
                         started,
                         agent.cfg.coalesce,
-                        agent.cfg.min_interval,
+                        interval_after(took, agent.cfg.min_interval),
                     );
                     tokio::time::sleep_until(at).await;
                     break;

@@ -979,7 +979,7 @@ fn sections(
             format!("netlink / veer = {:.2}× (veer {veer:.1} ms, netlink {:.1} ms)", r.median, pick(&runs[1], |x| x.1).median),
             r.median >= 20.0,
             &format!(
-                "veer's {veer:.0} ms is mostly the agent's fixed 20 ms quiet period after a file event plus its round ({round:.0} ms), whatever N is; pipelined netlink to pre-opened sockets wrote {n} × {m} routes in {nl:.1} ms"
+                "veer's {veer:.0} ms is the agent's 5 ms coalescing window after a file event plus one whole round ({round:.0} ms: it re-reads every source, including every pod's CNI result file, recompiles, writes the difference and re-checks every pod), whatever M is; pipelined netlink to pre-opened sockets wrote {n} × {m} routes in {nl:.1} ms"
             ),
         ));
     }
@@ -1001,7 +1001,7 @@ fn sections(
         "pod attach ≤ 50 ms",
         format!("median {med_attach:.1} ms, worst {worst_attach:.1} ms"),
         med_attach <= 50.0,
-        "not broken down: it includes the agent's 20 ms quiet period after the CNI file event, a whole round, entering the pod's namespace and four TCX attaches and pins",
+        "not broken down: it includes the agent's 5 ms coalescing window after the CNI file event, a whole round, entering the pod's namespace three times (link discovery over netlink, four TCX attaches and pins, neighbour pinning), each on a new thread with its own netlink socket",
     ));
     let d = Section {
         key: "fanout",

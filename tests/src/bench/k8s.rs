@@ -313,8 +313,9 @@ pub fn run(o: &K8sOpts) -> Section {
          and a Service change (a new cluster IP, a /32 for `eth1`), {} ms apart (isolated \
          changes). Latency = from the fake server handing the watch response with the event to \
          the client, to the entry being visible in the pinned LPM trie (exact-key lookups every \
-         50 µs). The loop starts a round 5 ms after a change that follows a quiet period (at \
-         most one round per 100 ms during bursts). The agent ran {} rounds in all.\n",
+         50 µs). The loop starts a round 5 ms after a change that follows a quiet period (during \
+         bursts at most one round per twice a round's duration, at least 20 ms apart). The \
+         agent ran {} rounds in all.\n",
         o.events,
         o.gap.as_millis(),
         m.rounds

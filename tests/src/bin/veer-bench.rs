@@ -503,6 +503,13 @@ fn main() {
         sections.push(section_a(&rows, o.quick));
         eprintln!("veer-bench: part A done");
     }
+    // Part F measures wall-clock latency: it runs before B–E, whose namespaces, traffic and
+    // hundreds of pods leave the machine busy for a while after they finish.
+    let part_f = o.parts.contains('f').then(|| {
+        let f = k8s::run(&k8s::K8sOpts::new(o.quick));
+        eprintln!("veer-bench: part F done");
+        f
+    });
     if o.parts.contains('b') || o.parts.contains('c') {
         sections.extend(traffic::run(&traffic::TrafficOpts::new(o.quick)));
         eprintln!("veer-bench: parts B, C done");
@@ -511,10 +518,7 @@ fn main() {
         sections.extend(fanout::run(&fanout::FanoutOpts::new(o.quick)));
         eprintln!("veer-bench: parts D, E done");
     }
-    if o.parts.contains('f') {
-        sections.push(k8s::run(&k8s::K8sOpts::new(o.quick)));
-        eprintln!("veer-bench: part F done");
-    }
+    sections.extend(part_f);
     let (_, _, _, load1) = machine();
     let agent = veer_tests::agent::veer_bin();
     let profile = if agent.components().any(|c| c.as_os_str() == "release") {
