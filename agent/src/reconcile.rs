@@ -16,7 +16,7 @@ use std::{
 use aya::maps::{MapError, PerCpuValues};
 use ipnet::IpNet;
 use serde::Serialize;
-use veer_common::{FlowKey, IfaceInfo, IfaceKey, RuleStats, RuleValue, paths};
+use veer_common::{FlowKey, FlowValue, IfaceInfo, IfaceKey, RuleStats, RuleValue, paths};
 
 use crate::{
     attach::{AttachError, PodLinks, attach_pod, detach_pod},
@@ -289,10 +289,7 @@ impl Reconciler {
         let now = monotonic_coarse_ns();
         let mut live: Vec<(u32, IpAddr)> = Vec::new();
         let mut dead: Vec<FlowKey> = Vec::new();
-        for (k, v) in self.maps.flows.iter().filter_map(Result::ok) {
-            if k.dir != veer_common::DIR_OUT || v.kind != veer_common::FLOW_STEER {
-                continue;
-            }
+        for (k, v, daddr) in self.steered_out_flows() {
             let timeout_s = match v.state {
                 veer_common::ST_SYN => cfg.tcp_syn_timeout_s,
                 veer_common::ST_EST => cfg.tcp_est_timeout_s,
@@ -304,11 +301,6 @@ impl Reconciler {
                 dead.push(k);
                 continue;
             }
-            let daddr = if k.family == veer_common::FAMILY_V4 {
-                IpAddr::from(<[u8; 4]>::try_from(&k.daddr[..4]).expect("4 bytes"))
-            } else {
-                IpAddr::from(k.daddr)
-            };
             live.push((v.rule_id, daddr));
         }
         for k in dead {
@@ -507,11 +499,21 @@ impl Reconciler {
     /// Whether a steered flow from one of the pod's addresses is in the flow table.
     fn has_steered_flows(&self, p: &PodState) -> bool {
         let addrs: BTreeSet<[u8; 16]> = p.facts.iter().flat_map(addresses).collect();
-        self.maps.flows.iter().filter_map(Result::ok).any(|(k, v)| {
-            k.dir == veer_common::DIR_OUT
-                && v.kind == veer_common::FLOW_STEER
-                && addrs.contains(&k.saddr)
-        })
+        self.steered_out_flows()
+            .any(|(k, _, _)| addrs.contains(&k.saddr))
+    }
+
+    /// The outgoing entries of steered flows in the flow table, with their destination.
+    fn steered_out_flows(&self) -> impl Iterator<Item = (FlowKey, FlowValue, IpAddr)> + '_ {
+        self.maps
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| k.dir == veer_common::DIR_OUT && v.kind == veer_common::FLOW_STEER)
+            .map(|(k, v)| {
+                let daddr = crate::cli::addr16(k.family == veer_common::FAMILY_V4, &k.daddr);
+                (k, v, daddr)
+            })
     }
 
     /// Keeps the pod's pinned steered flows visible after it moves to ruleset `to`: the egress
@@ -522,27 +524,15 @@ impl Reconciler {
     fn carry_flows(&mut self, p: &PodState, to: u32) {
         let addrs: BTreeSet<[u8; 16]> = p.facts.iter().flat_map(addresses).collect();
         let mut needed: BTreeMap<IpNet, u32> = BTreeMap::new();
-        for (k, v) in self.maps.flows.iter().filter_map(Result::ok) {
-            if k.dir != veer_common::DIR_OUT
-                || v.kind != veer_common::FLOW_STEER
-                || !addrs.contains(&k.saddr)
-            {
-                continue;
-            }
-            let host = if k.family == veer_common::FAMILY_V4 {
-                let a: [u8; 4] = k.daddr[..4].try_into().expect("4 bytes");
-                IpNet::from(std::net::IpAddr::from(a))
-            } else {
-                IpNet::from(std::net::IpAddr::from(k.daddr))
-            };
+        for (k, v, daddr) in self.steered_out_flows() {
             let covered = self
                 .applied
                 .entries
                 .keys()
                 .chain(self.tombstones.keys())
-                .any(|(rs, n)| *rs == to && n.contains(&host.addr()));
-            if !covered {
-                needed.insert(host, v.rule_id);
+                .any(|(rs, n)| *rs == to && n.contains(&daddr));
+            if addrs.contains(&k.saddr) && !covered {
+                needed.insert(IpNet::from(daddr), v.rule_id);
             }
         }
         for (host, rule_id) in needed {
