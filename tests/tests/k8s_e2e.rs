@@ -208,21 +208,41 @@ fn ruleset(pod: &Value) -> Option<u64> {
     pod["ruleset"].as_u64()
 }
 
+/// The seed topology's pod, labelled `app=web`, managed (eth0 and eth1) by the Kubernetes loop
+/// with `routes`. Field order is drop order: the agent before the namespaces.
+struct Env {
+    agent: K8sAgent,
+    topo: Topology,
+    /// The pod's entry in the agent's status file once managed.
+    managed: Value,
+}
+
+impl Env {
+    fn start(routes: &[Value]) -> Self {
+        let topo = Topology::build(TopologyOpts::default());
+        let agent = K8sAgent::start(topo.pod0(), json!({"app": "web"}), routes);
+        let managed = agent.wait_pod("pod managed with eth0 and eth1", |p| {
+            p["managed"].as_array().is_some_and(|m| m.len() == 2)
+        });
+        Self {
+            agent,
+            topo,
+            managed,
+        }
+    }
+
+    fn pod(&self) -> &Pod {
+        self.topo.pod0()
+    }
+}
+
 #[test]
 fn a_route_steers_the_pods_it_selects_by_label() {
     if !require_root("a_route_steers_the_pods_it_selects_by_label") {
         return;
     }
-    let topo = Topology::build(TopologyOpts::default());
-    let p = topo.pod0();
-    let agent = K8sAgent::start(
-        p,
-        json!({"app": "web"}),
-        &[steering_route("web", "web"), other_route("db", "db")],
-    );
-    agent.wait_pod("pod managed with eth0 and eth1", |p| {
-        p["managed"].as_array().is_some_and(|m| m.len() == 2)
-    });
+    let env = Env::start(&[steering_route("web", "web"), other_route("db", "db")]);
+    let p = env.pod();
     assert_eq!(p.tcp(STEERED4.into()).unwrap(), IpAddr::from(p.ovn4));
     assert_eq!(p.tcp(UNSTEERED4.into()).unwrap(), IpAddr::from(p.v4));
 }
@@ -232,22 +252,14 @@ fn a_pod_moved_to_another_ruleset_keeps_its_established_steered_connection() {
     if !require_root("a_pod_moved_to_another_ruleset_keeps_its_established_steered_connection") {
         return;
     }
-    let topo = Topology::build(TopologyOpts::default());
-    let p = topo.pod0();
-    let agent = K8sAgent::start(
-        p,
-        json!({"app": "web"}),
-        &[steering_route("web", "web"), other_route("db", "db")],
-    );
-    let before = agent.wait_pod("pod managed", |p| {
-        p["managed"].as_array().is_some_and(|m| m.len() == 2)
-    });
+    let env = Env::start(&[steering_route("web", "web"), other_route("db", "db")]);
+    let p = env.pod();
     let stream = steered_stream(p);
 
     // Now the pod follows Route "db" only: another ruleset, which does not cover 172.16.10.0/24.
-    agent.relabel(json!({"app": "db"}));
-    let after = agent.wait_pod("pod in the db ruleset", |q| {
-        ruleset(q).is_some() && ruleset(q) != ruleset(&before) && q["routes"] == json!(["db"])
+    env.agent.relabel(json!({"app": "db"}));
+    let after = env.agent.wait_pod("pod in the db ruleset", |q| {
+        ruleset(q).is_some() && ruleset(q) != ruleset(&env.managed) && q["routes"] == json!(["db"])
     });
     assert_eq!(after["managed"].as_array().map(Vec::len), Some(2));
     assert_stream_survives(stream);
@@ -262,21 +274,18 @@ fn a_pod_no_route_selects_any_more_keeps_its_established_steered_connection_then
     ) {
         return;
     }
-    let topo = Topology::build(TopologyOpts::default());
-    let p = topo.pod0();
-    let agent = K8sAgent::start(p, json!({"app": "web"}), &[steering_route("web", "web")]);
-    agent.wait_pod("pod managed", |p| {
-        p["managed"].as_array().is_some_and(|m| m.len() == 2)
-    });
+    let env = Env::start(&[steering_route("web", "web")]);
+    let p = env.pod();
     let stream = steered_stream(p);
 
-    agent.relabel(json!({"app": "none"}));
-    agent.wait_pod("pod unselected, draining", |q| q["routes"] == json!([]));
+    env.agent.relabel(json!({"app": "none"}));
+    env.agent
+        .wait_pod("pod unselected, draining", |q| q["routes"] == json!([]));
     assert_stream_survives(stream);
     // Not steered any more: a new connection takes the kernel's path.
     assert_eq!(p.tcp(STEERED4.into()).unwrap(), IpAddr::from(p.v4));
     // The steered stream closed; once its flow entry is gone the pod is released.
-    agent.wait_pod("pod released", |q| {
+    env.agent.wait_pod("pod released", |q| {
         q["managed"].as_array().is_none_or(Vec::is_empty)
     });
 }
