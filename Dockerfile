@@ -6,9 +6,12 @@ RUN echo "deb http://apt.llvm.org/bookworm/ llvm-toolchain-bookworm-22 main" > /
  && curl -fsSL https://apt.llvm.org/llvm-snapshot.gpg.key > /etc/apt/trusted.gpg.d/llvm.asc \
  && apt-get update \
  && apt-get install -y --no-install-recommends llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev \
- && rustup toolchain install nightly --profile minimal --component rust-src \
  && LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --locked --no-default-features --features llvm-22
 WORKDIR /src
+# The pinned eBPF nightly (the one `cargo xtask setup` installs), read from its one place.
+COPY ebpf/rust-toolchain.toml ebpf/rust-toolchain.toml
+RUN rustup toolchain install "$(sed -n 's/^channel = "\(.*\)"/\1/p' ebpf/rust-toolchain.toml)" \
+      --profile minimal --component rust-src
 COPY . .
 RUN cargo xtask build --release
 

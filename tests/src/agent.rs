@@ -437,7 +437,7 @@ pub fn ifaces(maps: &Maps) -> BTreeMap<(u32, [u8; 6]), IfaceInfo> {
 
 /// Every BPF link on the machine as (link id, program id) (`bpftool -j link list`).
 pub fn live_links() -> BTreeMap<u64, u64> {
-    let out = Command::new("bpftool")
+    let out = crate::programs::command("bpftool")
         .args(["-j", "link", "list"])
         .output()
         .expect("run bpftool");
@@ -835,7 +835,7 @@ impl Agent {
         let mut ids = BTreeMap::new();
         for d in self.link_dirs() {
             for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-                let out = Command::new("bpftool")
+                let out = crate::programs::command("bpftool")
                     .args(["-j", "link", "show", "pinned"])
                     .arg(e.path())
                     .output()

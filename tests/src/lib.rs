@@ -13,5 +13,6 @@ pub mod harness;
 pub mod ns;
 pub mod packet;
 pub mod privileged;
+pub mod programs;
 pub mod seed;
 pub mod topology;

@@ -33,7 +33,7 @@ pub fn ip(args: &[&str]) {
 
 /// Runs a command in the calling thread's namespace; panics with its stderr on failure.
 pub fn sh(prog: &str, args: &[&str]) -> String {
-    let out = Command::new(prog)
+    let out = crate::programs::command(prog)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));

@@ -196,7 +196,11 @@ fn mac_str(m: &[u8; 6]) -> String {
 
 /// Runs a command (in the calling thread's namespace); `Err` carries its stderr.
 fn run(prog: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-    let mut cmd = Command::new(prog);
+    // `ip netns exec <ns> <program>` runs a second program: it must be declared and present too.
+    if let ["netns", "exec", _, inner, ..] = args {
+        crate::programs::require(inner);
+    }
+    let mut cmd = crate::programs::command(prog);
     cmd.args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

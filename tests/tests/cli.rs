@@ -464,7 +464,7 @@ fn bpftool_dump_shows_btf_field_names() {
     with_pinned_maps(&root, |maps| {
         insert_rule(maps, "10.86.0.0/16", rule(7, 1));
         let pin = root.join("maps/VEER_RULES4_V1");
-        let out = Command::new("bpftool")
+        let out = veer_tests::programs::command("bpftool")
             .args(["map", "dump", "pinned"])
             .arg(&pin)
             .output()

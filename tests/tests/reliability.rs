@@ -402,7 +402,7 @@ fn agent_kill_9_and_restart_repeatedly_under_ping_and_tcp_loses_nothing() {
 // 2. Upgrade with a changed map layout.
 
 fn bpftool_json(args: &[&str]) -> Json {
-    let out = Command::new("bpftool")
+    let out = veer_tests::programs::command("bpftool")
         .arg("-j")
         .args(args)
         .output()
@@ -416,7 +416,7 @@ fn bpftool_json(args: &[&str]) -> Json {
 }
 
 fn bpftool(args: &[&str]) {
-    let out = Command::new("bpftool")
+    let out = veer_tests::programs::command("bpftool")
         .args(args)
         .output()
         .expect("run bpftool");
@@ -657,7 +657,10 @@ impl LightPod {
         let n = LIGHT.fetch_add(1, Ordering::Relaxed);
         let name = format!("veer-t{}-rl{n}-pod", std::process::id());
         let ip = |args: &[&str]| {
-            let out = Command::new("ip").args(args).output().expect("run ip");
+            let out = veer_tests::programs::command("ip")
+                .args(args)
+                .output()
+                .expect("run ip");
             assert!(
                 out.status.success(),
                 "ip {args:?}: {}",
@@ -691,7 +694,7 @@ impl LightPod {
 
 impl Drop for LightPod {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
+        let _ = veer_tests::programs::command("ip")
             .args(["netns", "del", &self.name])
             .output();
     }

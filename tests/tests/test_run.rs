@@ -107,7 +107,7 @@ fn bpftool_loadall_accepts_the_release_object() {
         }
     }
     let _c = Cleanup(dir.clone());
-    let out = std::process::Command::new("bpftool")
+    let out = veer_tests::programs::command("bpftool")
         .args(["prog", "loadall", obj, &dir, "type", "classifier"])
         .output()
         .expect("run bpftool");

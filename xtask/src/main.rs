@@ -8,6 +8,9 @@
 //! - `bench`      benchmarks (`--quick` is the smoke test the suite runs)
 //! - `fuzz`       cargo-fuzz targets of the input parsers (`test` runs each for 20 s)
 
+#[cfg(test)]
+mod inventory;
+mod programs;
 mod setup;
 
 use std::{
@@ -28,8 +31,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what is missing (nightly rust-src, LLVM 22, bpf-linker, iproute2, test tools),
-    /// mount bpffs and check kernel features. Idempotent; says what it did.
+    /// Install what is missing (the pinned eBPF nightly with rust-src, LLVM 22, bpf-linker,
+    /// cargo-fuzz, every program in xtask/src/programs.rs), check each is runnable, mount bpffs
+    /// and check kernel features. Idempotent; says what it did.
     Setup,
     /// Build the eBPF object (target/ebpf/bpfel-unknown-none/<profile>/veer-ebpf) and its
     /// debug-log variant (target/ebpf-debug/…).
@@ -133,11 +137,35 @@ fn cargo() -> Command {
     c
 }
 
-/// Cargo of the nightly toolchain, with the environment of the outer (stable) cargo removed so
-/// the inner build does not inherit it.
+/// The pinned nightly the eBPF and fuzz crates build with: the `channel` of
+/// `ebpf/rust-toolchain.toml` (a dated nightly whose LLVM matches the llvm-22 bpf-linker).
+pub fn ebpf_toolchain() -> Result<String> {
+    let file = root().join("ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    toolchain_channel(&text)
+        .with_context(|| format!("{}: no `channel = \"…\"` line", file.display()))
+}
+
+/// The `channel = "…"` of a rust-toolchain.toml.
+fn toolchain_channel(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let v = l
+            .trim()
+            .strip_prefix("channel")?
+            .trim()
+            .strip_prefix('=')?
+            .trim();
+        Some(v.trim_matches('"').to_string())
+    })
+}
+
+/// Cargo of the pinned nightly toolchain, with the environment of the outer (stable) cargo
+/// removed so the inner build does not inherit it.
 fn nightly_cargo() -> Command {
     let mut c = Command::new("cargo");
-    c.arg("+nightly");
+    let channel = ebpf_toolchain().expect("ebpf/rust-toolchain.toml names the pinned nightly");
+    c.arg(format!("+{channel}"));
     // What the outer cargo sets for this build script/package; CARGO_HOME and user settings stay.
     for (k, _) in std::env::vars() {
         let outer = k == "CARGO"
@@ -264,6 +292,8 @@ fn test(no_setup: bool, soak: bool) -> Result<()> {
         "veer-common",
         "--package",
         "veer-agent",
+        "--package",
+        "xtask",
     ]))?;
 
     eprintln!("== layer: ELF checks (unprivileged)");
@@ -601,5 +631,29 @@ fn main() -> Result<()> {
             build_ebpf(true)?;
             fuzz(target.as_deref(), secs)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The eBPF and fuzz crates build with one dated nightly (bare `nightly` drifts to an LLVM
+    /// the llvm-22 bpf-linker cannot link), and the Dockerfile installs the same one.
+    #[test]
+    fn ebpf_and_fuzz_pin_the_same_dated_nightly() {
+        let pin = ebpf_toolchain().unwrap();
+        assert!(
+            pin.strip_prefix("nightly-")
+                .is_some_and(|d| d.len() == 10 && d.as_bytes()[4] == b'-'),
+            "ebpf/rust-toolchain.toml must name a dated nightly (nightly-YYYY-MM-DD), not {pin:?}"
+        );
+        let fuzz = std::fs::read_to_string(root().join("fuzz/rust-toolchain.toml")).unwrap();
+        assert_eq!(toolchain_channel(&fuzz).as_deref(), Some(pin.as_str()));
+        let docker = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+        assert!(
+            docker.contains("ebpf/rust-toolchain.toml"),
+            "the Dockerfile installs the toolchain the pin names"
+        );
     }
 }

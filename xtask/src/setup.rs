@@ -5,19 +5,32 @@ use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
-use crate::run;
+use crate::{
+    programs::{PROGRAMS, Source, install_hint},
+    run,
+};
 
-/// Debian packages: LLVM 22 for bpf-linker, and the tools the test suites use.
-const APT_PACKAGES: &[&str] = &[
+/// Debian packages bpf-linker builds against (LLVM 22); the packages of the programs the suites
+/// run come from the declared list (`programs.rs`).
+const LLVM_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
-    "iproute2",
-    "bpftool",
-    "iputils-ping",
-    "nftables",
 ];
+
+/// Every Debian package setup installs: LLVM's, then those of the declared programs.
+fn apt_packages() -> Vec<&'static str> {
+    let mut all: Vec<&str> = LLVM_PACKAGES.to_vec();
+    for p in PROGRAMS {
+        if let Source::Debian(pkg) = p.source
+            && !all.contains(&pkg)
+        {
+            all.push(pkg);
+        }
+    }
+    all
+}
 
 fn say(what: &str, done: &str) {
     eprintln!("[setup] {what}: {done}");
@@ -43,42 +56,50 @@ fn dpkg_installed(pkg: &str) -> bool {
         .is_some_and(|s| s.contains("install ok installed"))
 }
 
-fn rust_src() -> Result<()> {
-    let have_nightly = output(Command::new("rustup").args(["toolchain", "list"]))
-        .is_some_and(|s| s.lines().any(|l| l.starts_with("nightly")));
-    if !have_nightly {
+/// The pinned eBPF nightly (`ebpf/rust-toolchain.toml`) with the components the builds use.
+fn rust_toolchain() -> Result<()> {
+    let channel = crate::ebpf_toolchain()?;
+    let have = output(Command::new("rustup").args(["toolchain", "list"])).is_some_and(|s| {
+        s.lines().any(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|t| t.starts_with(&format!("{channel}-")) || t == channel)
+        })
+    });
+    if have {
+        say(&format!("{channel} toolchain"), "present");
+    } else {
         run(Command::new("rustup").args([
             "toolchain",
             "install",
-            "nightly",
+            &channel,
             "--profile",
             "minimal",
         ]))?;
-        say("nightly toolchain", "installed");
-    } else {
-        say("nightly toolchain", "present");
+        say(&format!("{channel} toolchain"), "installed");
     }
     let installed = output(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        &channel,
         "--installed",
     ]))
     .unwrap_or_default();
     for comp in ["rust-src", "rustfmt", "clippy"] {
         if installed.lines().any(|l| l.starts_with(comp)) {
-            say(&format!("nightly {comp}"), "present");
+            say(&format!("{channel} {comp}"), "present");
         } else {
-            run(Command::new("rustup").args(["component", "add", comp, "--toolchain", "nightly"]))?;
-            say(&format!("nightly {comp}"), "installed");
+            run(Command::new("rustup").args(["component", "add", comp, "--toolchain", &channel]))?;
+            say(&format!("{channel} {comp}"), "installed");
         }
     }
     Ok(())
 }
 
 fn apt() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    let wanted = apt_packages();
+    let missing: Vec<&str> = wanted
         .iter()
         .copied()
         .filter(|p| !dpkg_installed(p))
@@ -86,7 +107,7 @@ fn apt() -> Result<()> {
     if missing.is_empty() {
         say(
             "Debian packages",
-            &format!("present ({})", APT_PACKAGES.join(" ")),
+            &format!("present ({})", wanted.join(" ")),
         );
         return Ok(());
     }
@@ -141,7 +162,7 @@ fn bpf_linker() -> Result<()> {
 }
 
 /// The cargo-fuzz version `cargo xtask test` and `cargo xtask fuzz` use (builds with `--locked`
-/// on the preinstalled nightly; the fuzz workspace's `libfuzzer-sys` 0.4 matches it).
+/// on the pinned nightly; the fuzz workspace's `libfuzzer-sys` 0.4 matches it).
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// cargo-fuzz, for the fuzz layer (`fuzz/`). Reinstalled only when missing or another version.
@@ -247,11 +268,48 @@ fn kernel() -> Result<()> {
     Ok(())
 }
 
+/// Every declared program (`programs.rs`) runs: found on PATH and prints its version.
+fn programs_runnable() -> Result<()> {
+    let mut broken = Vec::new();
+    for p in PROGRAMS {
+        match Command::new(p.name).args(p.version_args).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => broken.push(format!(
+                "{} {} exited with {} ({})",
+                p.name,
+                p.version_args.join(" "),
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(_) => broken.push(format!("{} (used by: {})", install_hint(p), p.used_by)),
+        }
+    }
+    if !broken.is_empty() {
+        bail!(
+            "programs the suites run are not runnable:\n  {}",
+            broken.join("\n  ")
+        );
+    }
+    say(
+        "programs",
+        &format!(
+            "runnable ({})",
+            PROGRAMS
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    );
+    Ok(())
+}
+
 pub fn setup() -> Result<()> {
-    rust_src().context("nightly toolchain")?;
+    rust_toolchain().context("pinned eBPF nightly")?;
     apt().context("Debian packages")?;
     bpf_linker().context("bpf-linker")?;
     cargo_fuzz().context("cargo-fuzz")?;
+    programs_runnable()?;
     bpffs().context("bpffs")?;
     kernel()
 }

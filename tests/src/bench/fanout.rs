@@ -43,7 +43,7 @@ fn netns_path(name: &str) -> PathBuf {
 
 /// Runs `ip` with `args`, feeding `stdin`; panics with its stderr on failure.
 fn ip(args: &[&str], stdin: Option<&str>) {
-    let mut c = Command::new("ip")
+    let mut c = crate::programs::command("ip")
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -82,7 +82,9 @@ fn remove_stale() {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            let _ = crate::programs::command("ip")
+                .args(["netns", "del", &name])
+                .status();
         }
     }
 }
@@ -183,7 +185,7 @@ impl Lean {
 impl Drop for Lean {
     fn drop(&mut self) {
         for ns in self.created.drain(..).rev() {
-            let _ = Command::new("ip")
+            let _ = crate::programs::command("ip")
                 .args(["netns", "del", &ns])
                 .stderr(Stdio::null())
                 .status();
@@ -619,7 +621,7 @@ fn memlock(root: &Path) -> Vec<(String, f64)> {
         .flatten()
         .flatten()
     {
-        let out = Command::new("bpftool")
+        let out = crate::programs::command("bpftool")
             .args(["-j", "map", "show", "pinned"])
             .arg(e.path())
             .output();

@@ -246,7 +246,7 @@ pub fn irq_time_accounting() -> Option<bool> {
     let cfg = std::fs::read_to_string(format!("/boot/config-{}", rel.trim()))
         .ok()
         .or_else(|| {
-            let out = std::process::Command::new("zcat")
+            let out = crate::programs::command("zcat")
                 .arg("/proc/config.gz")
                 .output()
                 .ok()?;

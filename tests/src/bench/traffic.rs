@@ -277,14 +277,14 @@ struct Iperf(Child);
 
 impl Iperf {
     fn start(ns: &str) -> Self {
-        let c = Command::new("ip")
-            .args(["netns", "exec", ns, "iperf3", "-s", "-B"])
+        let c = crate::programs::netns_exec(ns, "iperf3")
+            .args(["-s", "-B"])
             .arg(STEERED4.to_string())
             .args(["-p", &IPERF_PORT.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("iperf3 (apt-get install iperf3)");
+            .expect("start iperf3 -s");
         Self(c)
     }
 }
@@ -299,8 +299,8 @@ impl Drop for Iperf {
 /// One iperf3 client run from `ns`: received bits per second.
 fn iperf(ns: &str, secs: u32) -> f64 {
     for _ in 0..50 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns, "iperf3", "-J", "-c"])
+        let out = crate::programs::netns_exec(ns, "iperf3")
+            .args(["-J", "-c"])
             .arg(STEERED4.to_string())
             .args(["-p", &IPERF_PORT.to_string(), "-t", &secs.to_string()])
             .output()
