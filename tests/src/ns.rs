@@ -4,7 +4,7 @@
 //! Nothing is added to the root namespace, names cannot clash between tests, and the namespace
 //! with everything in it disappears when the thread ends, even when the body panics.
 
-use std::{ffi::CString, io, process::Command};
+use std::{ffi::CString, io};
 
 /// Runs `f` on a new thread inside a new, empty network namespace (only `lo`, brought up).
 /// A panic in `f` is re-raised in the caller.

@@ -182,14 +182,15 @@ pub fn scan_source(path: &str, src: &str) -> Vec<Spawn> {
             }
             None
         };
-        if free && rest.starts_with(b"netns_exec(") {
-            if let Some(lit) = after_arg(i + b"netns_exec(".len()) {
-                found(i, lit);
-            }
+        let start = if free && rest.starts_with(b"netns_exec(") {
+            Some(b"netns_exec(".len())
         } else if rest.starts_with(b"\"netns\",\"exec\",") {
-            if let Some(lit) = after_arg(i + b"\"netns\",\"exec\",".len()) {
-                found(i, lit);
-            }
+            Some(b"\"netns\",\"exec\",".len())
+        } else {
+            None
+        };
+        if let Some(lit) = start.and_then(|n| after_arg(i + n)) {
+            found(i, lit);
         }
     }
     out

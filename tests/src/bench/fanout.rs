@@ -18,7 +18,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };

@@ -20,7 +20,7 @@ use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
