@@ -10,6 +10,7 @@
 //! returned [`PodLinks`].
 
 use std::{
+    collections::BTreeSet,
     ffi::CString,
     fs, io,
     os::unix::fs::PermissionsExt,
@@ -74,7 +75,24 @@ pub struct PodLinks {
     pub cookie: u64,
     /// The attached interfaces: name and ifindex in the pod's namespace.
     pub ifaces: Vec<(String, u32)>,
-    links: Vec<FdLink>,
+    /// Each link with the ifindex it is attached to.
+    links: Vec<(u32, FdLink)>,
+}
+
+impl PodLinks {
+    /// Releases the links of the interfaces `gone` (vanished from the pod: the kernel has
+    /// detached their programs already) and removes their pins under `root`.
+    pub fn release(&mut self, root: Option<&Path>, gone: &BTreeSet<u32>) {
+        self.links.retain(|(i, _)| !gone.contains(i));
+        self.ifaces.retain(|(_, i)| !gone.contains(i));
+        if let Some(root) = root {
+            for i in gone {
+                for dir in [paths::EGRESS_SUFFIX, paths::INGRESS_SUFFIX] {
+                    let _ = fs::remove_file(link_pin(root, self.cookie, *i, dir));
+                }
+            }
+        }
+    }
 }
 
 /// Directory of the pinned links of the pod with `cookie`.
@@ -177,9 +195,9 @@ pub fn attach_pod(
                         path: path.clone(),
                         source: Box::new(source),
                     })?;
-                    out.links.push(pinned.into());
+                    out.links.push((ifindex, pinned.into()));
                 } else {
-                    out.links.push(fd);
+                    out.links.push((ifindex, fd));
                 }
             }
             out.ifaces.push((iface.clone(), ifindex));

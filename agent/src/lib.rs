@@ -20,6 +20,7 @@ pub mod maps;
 pub mod metrics;
 pub mod netns;
 pub mod podnet;
+pub mod podwatch;
 pub mod reconcile;
 pub mod standalone;
 pub mod wake;

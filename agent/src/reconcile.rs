@@ -29,6 +29,7 @@ use crate::{
     debug::DebugEvents,
     maps::{Maps, MapsError, rule4_key, rule6_key},
     podnet::{self, IfaceFacts, PodnetError, SlotTargets},
+    podwatch::PodWatch,
 };
 
 /// The ruleset of a pod no Route selects any more while its steered flows drain: no rule has
@@ -125,6 +126,10 @@ pub struct Reconciler {
     tombstones: BTreeMap<(u32, IpNet), RuleValue>,
     pods: BTreeMap<PathBuf, PodState>,
     pub failures: Vec<PodFailure>,
+    /// Follows the managed pods' namespaces (netlink notifications) once
+    /// [`follow_pods`](Self::follow_pods) started it; without it (or for a pod it could not
+    /// follow) a managed pod's facts are re-discovered every round.
+    watch: Option<PodWatch>,
 }
 
 impl Reconciler {
@@ -140,6 +145,7 @@ impl Reconciler {
             tombstones: BTreeMap::new(),
             pods: BTreeMap::new(),
             failures: Vec::new(),
+            watch: None,
         })
     }
 
@@ -421,6 +427,70 @@ impl Reconciler {
         });
     }
 
+    /// Follows every managed pod's network facts for its whole life (see [`crate::podwatch`]):
+    /// `wake` is called when one changed, and the next round re-discovers that pod. Without
+    /// it, every managed pod is re-discovered every round.
+    pub fn follow_pods(&mut self, wake: Box<dyn Fn() + Send + Sync>) {
+        match PodWatch::start(wake) {
+            Ok(w) => {
+                for netns in self.pods.keys() {
+                    if let Err(e) = w.watch(netns) {
+                        tracing::warn!(netns = %netns.display(), error = %crate::error_chain(&e), "cannot follow the pod's namespace; re-discovering it every round");
+                    }
+                }
+                self.watch = Some(w);
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "pod watch not started; managed pods are re-discovered every round");
+            }
+        }
+    }
+
+    /// Starts following `netns` before its first discovery (so nothing changes unseen).
+    fn follow(&self, netns: &Path) {
+        if let Some(w) = &self.watch
+            && let Err(e) = w.watch(netns)
+        {
+            tracing::warn!(netns = %netns.display(), error = %crate::error_chain(&e), "cannot follow the pod's namespace; re-discovering it every round");
+        }
+    }
+
+    /// Re-discovers a managed pod's facts; when they changed, releases what belonged to
+    /// interfaces and addresses that went away. Returns whether anything changed.
+    fn refresh_facts(&mut self, p: &mut PodState) -> Result<bool, PodError> {
+        let facts = podnet::discover(&p.netns)?;
+        if facts == p.facts {
+            return Ok(false);
+        }
+        let now: BTreeSet<u32> = facts.iter().map(|f| f.ifindex).collect();
+        let gone: BTreeSet<u32> = p
+            .links
+            .iter()
+            .flat_map(|l| l.ifaces.iter().map(|(_, i)| *i))
+            .filter(|i| !now.contains(i))
+            .collect();
+        if !gone.is_empty() {
+            let root = self.dp.root().map(Path::to_path_buf);
+            for l in &mut p.links {
+                l.release(root.as_deref(), &gone);
+            }
+            p.links.retain(|l| !l.ifaces.is_empty());
+        }
+        let kept: BTreeSet<[u8; 16]> = facts.iter().flat_map(addresses).collect();
+        let lost: BTreeSet<[u8; 16]> = p
+            .facts
+            .iter()
+            .flat_map(addresses)
+            .filter(|a| !kept.contains(a))
+            .collect();
+        if !lost.is_empty() {
+            self.remove_flows(&lost);
+        }
+        tracing::info!(pod = %format!("{}/{}", p.namespace, p.name), before = ?p.facts.iter().map(|f| &f.name).collect::<Vec<_>>(), now = ?facts.iter().map(|f| &f.name).collect::<Vec<_>>(), "pod network changed");
+        p.facts = facts;
+        Ok(true)
+    }
+
     /// Makes the managed pods exactly `sandboxes` (those whose namespace exists), every pod in
     /// [`ALL_PODS_RULESET`](crate::config::compile::ALL_PODS_RULESET): new pods are discovered
     /// and attached, gone pods have every trace removed.
@@ -453,13 +523,37 @@ impl Reconciler {
                 self.remove_pod(p);
             }
         }
+        let changed = self
+            .watch
+            .as_ref()
+            .map(PodWatch::take_changed)
+            .unwrap_or_default();
         for (netns, (s, ruleset)) in want {
             if let Some(mut p) = self.pods.remove(netns) {
                 if ruleset == DRAIN_RULESET && !self.has_steered_flows(&p) {
                     self.remove_pod(p);
                     continue;
                 }
-                if p.ruleset != ruleset || p.debug != self.dp.is_debug() {
+                let followed = self.watch.as_ref().is_some_and(|w| w.watches(netns));
+                let refreshed = if changed.contains(netns) || !followed {
+                    if !followed {
+                        self.follow(netns);
+                    }
+                    match self.refresh_facts(&mut p) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            // Keep the pod as it is; unfollowed, the next round retries.
+                            if let Some(w) = &self.watch {
+                                w.unwatch(netns);
+                            }
+                            self.fail(&s.namespace, &s.name, netns, &e);
+                            false
+                        }
+                    }
+                } else {
+                    false
+                };
+                if refreshed || p.ruleset != ruleset || p.debug != self.dp.is_debug() {
                     if p.ruleset != ruleset {
                         // Before the interface entries name the new ruleset (make before break).
                         self.carry_flows(&p, ruleset);
@@ -554,6 +648,7 @@ impl Reconciler {
     /// Discovers the pod's interfaces, attaches to those a rule names, and writes their entries.
     fn setup_pod(&mut self, p: &mut PodState, discover: bool) -> Result<(), PodError> {
         if discover || p.facts.is_empty() {
+            self.follow(&p.netns);
             p.facts = podnet::discover(&p.netns)?;
         }
         let slots: &SlotTable = &self.applied.slots;
@@ -705,6 +800,9 @@ impl Reconciler {
 
     /// Removes every trace of a pod: interface entries, flows, pinned links.
     fn remove_pod(&mut self, p: PodState) {
+        if let Some(w) = &self.watch {
+            w.unwatch(&p.netns);
+        }
         for k in &p.keys {
             let _ = self.maps.ifaces.remove(k);
         }

@@ -153,6 +153,12 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
     // `veer debug on|off` writes a request beside the status file.
     let mut debug = cfg.status_file.as_deref().map(DebugControl::new);
     let (tx, rx) = mpsc::channel::<()>();
+    // A managed pod's own network changes (an interface that appears after its CNI result
+    // file, a dynamic attachment, an address change) wake the loop like a file change.
+    let pod_tx = tx.clone();
+    rec.follow_pods(Box::new(move || {
+        let _ = pod_tx.send(());
+    }));
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         // Reads are no change: the agent opens every watched file each round, and the inotify
         // backend reports opens, so waking up on them would loop forever.

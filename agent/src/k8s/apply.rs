@@ -65,6 +65,11 @@ pub trait NodeDataplane: DebugEvents + Send + 'static {
     /// up: until then a pod that failed may still run the old programs, which use those maps.
     /// Returns how many pins were removed.
     fn remove_stale_pins(&mut self, bpffs_root: &Path) -> usize;
+
+    /// Follows the managed pods' network facts (interfaces, addresses, routes) for their whole
+    /// life, calling `wake` when one changed ([`Reconciler::follow_pods`]). Doubles without
+    /// namespaces need nothing.
+    fn follow_pods(&mut self, _wake: Box<dyn Fn() + Send + Sync>) {}
 }
 
 impl NodeDataplane for Reconciler {
@@ -96,6 +101,10 @@ impl NodeDataplane for Reconciler {
 
     fn remove_stale_pins(&mut self, bpffs_root: &Path) -> usize {
         crate::dataplane::remove_stale_pins(bpffs_root)
+    }
+
+    fn follow_pods(&mut self, wake: Box<dyn Fn() + Send + Sync>) {
+        Reconciler::follow_pods(self, wake);
     }
 }
 

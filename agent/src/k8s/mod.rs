@@ -273,7 +273,7 @@ fn now_rfc3339() -> String {
 pub async fn run_with<D: NodeDataplane>(
     client: Client,
     cfg: K8sConfig,
-    dp: D,
+    mut dp: D,
     stop: Arc<AtomicBool>,
 ) -> Result<(), K8sError> {
     let node = cfg.node_name.clone();
@@ -284,6 +284,10 @@ pub async fn run_with<D: NodeDataplane>(
     let _fs_watcher = watch_dirs(&[&cfg.cni_dir, &cfg.netns_dir], move || {
         changed.notify_one()
     });
+    // So do the managed pods' own network changes (an interface that appears after the CNI
+    // result file, a dynamic attachment, an address change).
+    let changed = refl.changed.clone();
+    dp.follow_pods(Box::new(move || changed.notify_one()));
 
     tracing::info!(%node, "waiting for the first list of every watched kind");
     {
