@@ -970,11 +970,22 @@ impl Topology {
     /// Adds a pod (a new namespace wired to the node and the OVN gateway, with its own port
     /// security) and returns it.
     pub fn add_pod(&mut self) -> Pod {
+        let p = self.add_bare_pod();
+        self.wire_pod(&p);
+        p
+    }
+
+    /// Adds a pod's namespace with nothing but `lo` (what a runtime has when it writes the
+    /// loopback network's CNI result, before the other networks' ADDs): wire it later with
+    /// [`wire_default`](Self::wire_default) and [`wire_second`](Self::wire_second).
+    pub fn add_bare_pod(&mut self) -> Pod {
         let index = self.next_pod;
         self.next_pod += 1;
         let p = Pod::new(index, format!("{}-pod{index}", self.tag), &self.opts.second);
         self.add_ns(&p.ns);
-        self.wire_pod(&p);
+        sysctl(&p.ns, "net.ipv4.conf.all.rp_filter", "1");
+        sysctl(&p.ns, "net.ipv4.conf.default.rp_filter", "1");
+
         self.pods.push(p.clone());
         p
     }
@@ -985,6 +996,13 @@ impl Topology {
             return;
         };
         let p = self.pods.remove(at);
+        self.delete_port_security(index);
+        must("ip", &["netns", "del", &p.ns]);
+        self.created.retain(|n| *n != p.ns);
+    }
+
+    /// Deletes pod `index`'s port security chain (if any).
+    fn delete_port_security(&self, index: u8) {
         let _ = run(
             "ip",
             &[
@@ -1000,8 +1018,6 @@ impl Topology {
             ],
             None,
         );
-        must("ip", &["netns", "del", &p.ns]);
-        self.created.retain(|n| *n != p.ns);
     }
 
     fn wire(&self) {
@@ -1142,13 +1158,17 @@ impl Topology {
     }
 
     fn wire_pod(&self, p: &Pod) {
-        let (node, gw) = (&self.node, &self.gw);
+        self.wire_default(p);
+        self.wire_second(p);
+    }
+
+    /// Wires pod `p`'s default-network interface (Calico `eth0`: link, addresses, default
+    /// routes, the node's side), as the default network's CNI ADD does.
+    pub fn wire_default(&self, p: &Pod) {
+        let node = &self.node;
         let pod = p.ns.as_str();
-        let second = p.second.as_str();
         let cmtu = self.opts.calico_mtu.to_string();
-        let omtu = self.opts.ovn_mtu.to_string();
         let cali = format!("cali{}", p.index);
-        let port = format!("ovn{}", p.index);
 
         // Links, each created inside a test namespace with its peer in another one.
         ip_in(
@@ -1157,13 +1177,6 @@ impl Topology {
                 "link", "add", "name", &cali, "type", "veth", "peer", "name", "eth0", "netns", pod,
             ],
         );
-        ip_in(
-            gw,
-            &[
-                "link", "add", "name", &port, "type", "veth", "peer", "name", second, "netns", pod,
-            ],
-        );
-
         // The pod.
         ip_in(
             pod,
@@ -1180,19 +1193,6 @@ impl Topology {
         );
         ip_in(
             pod,
-            &[
-                "link",
-                "set",
-                second,
-                "address",
-                &mac_str(&p.ovn_mac),
-                "mtu",
-                &omtu,
-                "up",
-            ],
-        );
-        ip_in(
-            pod,
             &["addr", "add", &format!("{}/32", p.v4), "dev", "eth0"],
         );
         ip_in(
@@ -1203,21 +1203,6 @@ impl Topology {
                 &format!("{}/128", p.v6),
                 "dev",
                 "eth0",
-                "nodad",
-            ],
-        );
-        ip_in(
-            pod,
-            &["addr", "add", &format!("{}/24", p.ovn4), "dev", second],
-        );
-        ip_in(
-            pod,
-            &[
-                "addr",
-                "add",
-                &format!("{}/64", p.ovn6),
-                "dev",
-                second,
                 "nodad",
             ],
         );
@@ -1258,36 +1243,6 @@ impl Topology {
                 "eth0",
             ],
         );
-        // OVN cluster routes (what Multus IPAM typically installs): the gateway is discoverable,
-        // and the servers stay behind the default route on eth0.
-        ip_in(
-            pod,
-            &[
-                "route",
-                "add",
-                "10.124.0.0/16",
-                "via",
-                &OVN_GW4.to_string(),
-                "dev",
-                second,
-            ],
-        );
-        ip_in(
-            pod,
-            &[
-                "-6",
-                "route",
-                "add",
-                "fd00:124::/48",
-                "via",
-                &OVN_GW6.to_string(),
-                "dev",
-                second,
-            ],
-        );
-        sysctl(pod, "net.ipv4.conf.all.rp_filter", "1");
-        sysctl(pod, "net.ipv4.conf.default.rp_filter", "1");
-
         // The node's side: proxy ARP, Calico's link-local IPv6 gateway, host routes.
         ip_in(
             node,
@@ -1324,7 +1279,80 @@ impl Topology {
         sysctl(node, &format!("net.ipv4.conf.{cali}.proxy_arp"), "1");
         // Answer proxied ARP at once (the default delays it by up to 0.8 s).
         sysctl(node, &format!("net.ipv4.neigh.{cali}.proxy_delay"), "0");
+    }
 
+    /// Wires pod `p`'s OVN-side interface (link, addresses, OVN cluster routes, the gateway's
+    /// port with port security), as the second network's CNI ADD (or a Multus dynamic
+    /// attachment) does.
+    pub fn wire_second(&self, p: &Pod) {
+        let gw = &self.gw;
+        let pod = p.ns.as_str();
+        let second = p.second.as_str();
+        let omtu = self.opts.ovn_mtu.to_string();
+        let port = format!("ovn{}", p.index);
+
+        ip_in(
+            gw,
+            &[
+                "link", "add", "name", &port, "type", "veth", "peer", "name", second, "netns", pod,
+            ],
+        );
+
+        ip_in(
+            pod,
+            &[
+                "link",
+                "set",
+                second,
+                "address",
+                &mac_str(&p.ovn_mac),
+                "mtu",
+                &omtu,
+                "up",
+            ],
+        );
+        ip_in(
+            pod,
+            &["addr", "add", &format!("{}/24", p.ovn4), "dev", second],
+        );
+        ip_in(
+            pod,
+            &[
+                "addr",
+                "add",
+                &format!("{}/64", p.ovn6),
+                "dev",
+                second,
+                "nodad",
+            ],
+        );
+        // OVN cluster routes (what Multus IPAM typically installs): the gateway is discoverable,
+        // and the servers stay behind the default route on eth0.
+        ip_in(
+            pod,
+            &[
+                "route",
+                "add",
+                "10.124.0.0/16",
+                "via",
+                &OVN_GW4.to_string(),
+                "dev",
+                second,
+            ],
+        );
+        ip_in(
+            pod,
+            &[
+                "-6",
+                "route",
+                "add",
+                "fd00:124::/48",
+                "via",
+                &OVN_GW6.to_string(),
+                "dev",
+                second,
+            ],
+        );
         // The gateway's side: a bridge port with port security.
         ip_in(
             gw,
@@ -1333,6 +1361,13 @@ impl Topology {
             ],
         );
         self.port_security(p, &port);
+    }
+
+    /// Removes pod `p`'s OVN-side interface and its port security (a Multus dynamic detach, or
+    /// the second network's CNI DEL); the pod keeps its default network.
+    pub fn unwire_second(&self, p: &Pod) {
+        self.delete_port_security(p.index);
+        ip_in(&self.gw, &["link", "del", &format!("ovn{}", p.index)]);
     }
 
     /// The table of the port security chains, with the counters they share.

@@ -463,6 +463,124 @@ fn wait_links_gone(ids: &BTreeSet<u64>, what: &str) {
     }
 }
 
+/// Waits until `p`'s OVN-side interface is managed with the facts its second network's ADD
+/// configured (link, then addresses, then routes: the agent may see it part-way and converges
+/// with the notifications that follow): its entry holds its addresses and gateways, and eth0's
+/// entry points its slot at it.
+fn wait_steerable(env: &mut Env, p: &Pod) {
+    env.agent.wait_pod_managed(&p.path(), &["eth0", "eth1"]);
+    let deadline = Instant::now() + agent::AGENT_TIMEOUT;
+    loop {
+        let ifaces = agent::ifaces(&env.agent.maps());
+        let ovn = ifaces.values().find(|i| i.mac == p.ovn_mac);
+        let eth0 = ifaces.values().find(|i| i.mac == p.eth0_mac);
+        let complete = ovn.zip(eth0).is_some_and(|(o, e)| {
+            o.addr4 == p.ovn4.octets()
+                && o.addr6 == p.ovn6.octets()
+                && o.gw4 != [0; 4]
+                && o.gw6 != [0; 16]
+                && e.slots.contains(&o.ifindex)
+        });
+        if complete {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never complete: eth1 {ovn:?}, eth0 {eth0:?}\n{}",
+            p.second,
+            env.agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The order a real node uses: the loopback network's CNI result is written first (containerd
+/// runs it first or in parallel with the others), the default network's interface appears next
+/// and the OVN-side one seconds later (Multus → OVN-Kubernetes waits for its annotation). The
+/// agent follows the pod's namespace, so the pod is steered once its interfaces exist; a later
+/// detach of the OVN interface leaves no entry or link pin of it behind, and a re-attach (a
+/// Multus dynamic attachment) is steered again.
+#[test]
+fn interfaces_that_appear_after_the_cni_result_file_are_steered_and_a_detached_one_leaves_nothing()
+{
+    if !require_root(
+        "interfaces_that_appear_after_the_cni_result_file_are_steered_and_a_detached_one_leaves_nothing",
+    ) {
+        return;
+    }
+    let seed = Seed::new("eth1");
+    let mut env = Env::new(&seed);
+    let p = env.topo.add_bare_pod();
+    let netns = p.path();
+    // The `-lo` result first: the namespace has nothing but lo.
+    env.agent.add_topology_pod(&p);
+    let status = env.agent.wait_status("the bare pod listed", |s| {
+        Agent::pod_status(s, &netns).is_some()
+    });
+    let listed = Agent::pod_status(&status, &netns).expect("listed");
+    assert!(
+        Agent::managed_ifaces(listed).is_empty(),
+        "nothing to manage yet: {listed:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    env.topo.wire_default(&p);
+    std::thread::sleep(Duration::from_secs(2));
+    env.topo.wire_second(&p);
+    wait_steerable(&mut env, &p);
+    env.check_table(&p, &seed);
+
+    let pins = |env: &Env| -> usize {
+        env.agent
+            .link_dirs()
+            .iter()
+            .map(|d| std::fs::read_dir(d).map_or(0, |rd| rd.count()))
+            .sum()
+    };
+    let has_entry = |env: &Env, mac: [u8; 6]| {
+        agent::ifaces(&env.agent.maps())
+            .keys()
+            .any(|(_, m)| *m == mac)
+    };
+    assert!(
+        has_entry(&env, p.ovn_mac),
+        "the OVN interface has its entry"
+    );
+    let with_both = pins(&env);
+
+    // Detach: the interface goes away with everything veer had for it.
+    env.topo.unwire_second(&p);
+    env.agent
+        .wait_status("the pod managed with eth0 only", |s| {
+            Agent::pod_status(s, &netns).is_some_and(|p| Agent::managed_ifaces(p) == ["eth0"])
+        });
+    assert!(
+        !has_entry(&env, p.ovn_mac),
+        "the detached interface's entry is removed"
+    );
+    assert!(has_entry(&env, p.eth0_mac), "eth0 keeps its entry");
+    assert_eq!(
+        pins(&env),
+        with_both - 2,
+        "its egress and ingress link pins are removed"
+    );
+    // Traffic a rule steers to eth1 now stays on eth0 (the pod lacks the interface).
+    assert!(
+        env.probe(&p, STEERED4.into(), "eth0").is_empty(),
+        "without eth1 the pod's traffic keeps its kernel route"
+    );
+
+    // Re-attach: steered again.
+    env.topo.wire_second(&p);
+    env.agent.wait_pod_managed(&netns, &["eth0", "eth1"]);
+    env.check_table(&p, &seed);
+    assert_eq!(
+        pins(&env),
+        with_both,
+        "one pair of link pins per interface again"
+    );
+    env.assert_no_errors();
+}
+
 #[test]
 fn bad_route_file_keeps_the_previous_rules_and_reports_file_field_and_value() {
     if !require_root("bad_route_file_keeps_the_previous_rules_and_reports_file_field_and_value") {
