@@ -31,7 +31,7 @@ use crate::{
     debug::{DebugControl, DebugState, unix_now},
     metrics::Metrics,
     reconcile::{PodFailure, PodState, ReconcileError, Reconciler},
-    wake::{COALESCE, MIN_INTERVAL, interval_after, is_read, next_round_at},
+    wake::{COALESCE, MIN_INTERVAL, OwnFiles, interval_after, next_round_at},
 };
 
 /// Settings of standalone mode.
@@ -159,10 +159,11 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
     rec.follow_pods(Box::new(move || {
         let _ = pod_tx.send(());
     }));
+    let own = OwnFiles::of_status(cfg.status_file.as_deref());
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Reads are no change: the agent opens every watched file each round, and the inotify
-        // backend reports opens, so waking up on them would loop forever.
-        if ev.is_ok_and(|ev| !is_read(&ev.kind)) {
+        // Reads are no change (the agent opens every watched file each round, and the inotify
+        // backend reports opens), nor are the agent's own writes: waking on either would loop.
+        if ev.is_ok_and(|ev| own.wakes(&ev)) {
             let _ = tx.send(());
         }
     })?;

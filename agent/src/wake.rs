@@ -49,6 +49,34 @@ pub fn is_read(kind: &notify::EventKind) -> bool {
     )
 }
 
+/// The files the agent itself writes beside its status file (the status file, the rule index,
+/// and their temporaries): a change to them never wakes a loop, wherever they live (a status
+/// file in a watched input directory would otherwise wake the agent on its own writes, round
+/// after round).
+#[derive(Debug, Clone, Default)]
+pub struct OwnFiles(Vec<std::path::PathBuf>);
+
+impl OwnFiles {
+    /// The agent's own outputs for `status_file` (none without one).
+    pub fn of_status(status_file: Option<&std::path::Path>) -> Self {
+        Self(status_file.map_or_else(Vec::new, |s| {
+            let index = crate::cli::index::path_for_status(s);
+            vec![
+                s.with_extension("tmp"),
+                index.with_extension("json.tmp"),
+                s.to_path_buf(),
+                index,
+            ]
+        }))
+    }
+
+    /// Whether `ev` wakes a loop: not a read, and about at least one file that is not the
+    /// agent's own.
+    pub fn wakes(&self, ev: &notify::Event) -> bool {
+        !is_read(&ev.kind) && (ev.paths.is_empty() || ev.paths.iter().any(|p| !self.0.contains(p)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -101,5 +129,35 @@ mod tests {
         ))));
         assert!(!is_read(&EventKind::Create(CreateKind::File)));
         assert!(!is_read(&EventKind::Modify(ModifyKind::Any)));
+    }
+
+    #[test]
+    fn the_agents_own_writes_do_not_wake_a_loop_but_inputs_beside_them_do() {
+        use notify::{
+            Event, EventKind,
+            event::{CreateKind, ModifyKind, RenameMode},
+        };
+        let dir = std::path::Path::new("/x");
+        let own = OwnFiles::of_status(Some(&dir.join("status.json")));
+        let ev = |kind, names: &[&str]| {
+            names
+                .iter()
+                .fold(Event::new(kind), |e, n| e.add_path(dir.join(n)))
+        };
+        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        for names in [
+            &["status.tmp", "status.json"][..],
+            &["status.rules.json.tmp", "status.rules.json"],
+        ] {
+            assert!(!own.wakes(&ev(rename, names)), "{names:?}");
+        }
+        assert!(!own.wakes(&ev(EventKind::Create(CreateKind::File), &["status.tmp"])));
+        assert!(own.wakes(&ev(rename, &["services.yaml.swp", "services.yaml"])));
+        assert!(own.wakes(&ev(
+            EventKind::Create(CreateKind::File),
+            &["debug-request.json"]
+        )));
+        // Without a status file every non-read event wakes.
+        assert!(OwnFiles::default().wakes(&ev(rename, &["status.tmp", "status.json"])));
     }
 }

@@ -151,6 +151,32 @@ fn idle_agent_runs_only_the_periodic_resync() {
     );
 }
 
+/// The status file (and the rule index beside it) in the directory of a watched input: the
+/// agent's own writes never wake it, so an idle agent runs only its periodic resync.
+#[test]
+fn idle_agent_with_its_status_file_beside_its_inputs_runs_only_the_periodic_resync() {
+    if !require_root(
+        "idle_agent_with_its_status_file_beside_its_inputs_runs_only_the_periodic_resync",
+    ) {
+        return;
+    }
+    let seed = Seed::new("eth1");
+    let topo = seed.topology();
+    let mut agent = Agent::new();
+    agent.status_file = agent.services.with_file_name("status.json");
+    seed.start(&mut agent, &topo);
+    let mut env = Env { agent, topo };
+    env.agent.wait_rounds(2);
+    let r0 = env.agent.round();
+    std::thread::sleep(Duration::from_secs(10));
+    let rounds = env.agent.round() - r0;
+    assert!(
+        rounds <= 12,
+        "{rounds} rounds in 10 s without any change (resync every 1 s): the agent wakes on its \
+         own writes"
+    );
+}
+
 #[test]
 fn large_tcp_transfer_to_a_steered_destination_over_the_smaller_ovn_mtu_completes() {
     if !require_root(

@@ -53,7 +53,7 @@ use crate::config::compile::Compiled;
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::debug::{DebugControl, DebugState, unix_now};
 use crate::reconcile::{ReconcileError, Reconciler};
-use crate::wake::{interval_after, is_read, next_round_at};
+use crate::wake::{OwnFiles, interval_after, next_round_at};
 
 use apply::{NodeDataplane, PodOutcome};
 use crd::RouteStatus;
@@ -281,7 +281,8 @@ pub async fn run_with<D: NodeDataplane>(
 
     // Local changes (CNI results, network namespaces) wake the loop too.
     let changed = refl.changed.clone();
-    let _fs_watcher = watch_dirs(&[&cfg.cni_dir, &cfg.netns_dir], move || {
+    let own = OwnFiles::of_status(cfg.status_file.as_deref());
+    let _fs_watcher = watch_dirs(&[&cfg.cni_dir, &cfg.netns_dir], own, move || {
         changed.notify_one()
     });
     // So do the managed pods' own network changes (an interface that appears after the CNI
@@ -368,13 +369,14 @@ pub async fn run_with<D: NodeDataplane>(
 
 fn watch_dirs(
     dirs: &[&Path],
+    own: OwnFiles,
     on_change: impl Fn() + Send + Sync + 'static,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Not for reads: every round reads the CNI result files, which would wake the loop
-        // again and again.
-        if ev.is_ok_and(|ev| !is_read(&ev.kind)) {
+        // Not for reads (every round reads the CNI result files) nor the agent's own writes:
+        // either would wake the loop again and again.
+        if ev.is_ok_and(|ev| own.wakes(&ev)) {
             on_change();
         }
     })
