@@ -537,13 +537,15 @@ fn is_link_local6(a: &Ipv6Addr) -> bool {
     a.segments()[0] & 0xffc0 == 0xfe80
 }
 
-/// The best address of `index` among `addrs` that `pick` accepts: usable and not deprecated
-/// first, then dump order (the kernel lists an interface's primary address first).
+/// The best address of `index` among `addrs` that `pick` accepts: never one that is not usable
+/// as a source (tentative, DAD failed: the kernel would not use it, and replies to it are
+/// dropped; the `RTM_NEWADDR` of DAD completing makes it a candidate), not deprecated first,
+/// then dump order (the kernel lists an interface's primary address first).
 fn best_addr<T>(addrs: &[AddrRec], index: u32, pick: impl Fn(&AddrRec) -> Option<T>) -> Option<T> {
     addrs
         .iter()
-        .filter(|a| a.index == index && a.global)
-        .filter_map(|a| pick(a).map(|v| ((a.unusable, a.deprecated, a.secondary), v)))
+        .filter(|a| a.index == index && a.global && !a.unusable)
+        .filter_map(|a| pick(a).map(|v| ((a.deprecated, a.secondary), v)))
         .min_by_key(|(rank, _)| *rank)
         .map(|(_, v)| v)
 }
@@ -866,6 +868,9 @@ mod tests {
         assert_eq!(f[0].v6, Some("fd00::2".parse().unwrap()));
         assert_eq!(f[0].v4, None);
         assert_eq!((f[0].gw4, f[0].gw6), (None, None));
+        // Only a tentative global address (DAD not done yet): none, until it becomes usable.
+        let f = assemble(&links, &addrs[..2], &[]);
+        assert_eq!(f[0].v6, None, "a tentative address is never a steering source");
     }
 
     #[test]
