@@ -870,7 +870,10 @@ mod tests {
         assert_eq!((f[0].gw4, f[0].gw6), (None, None));
         // Only a tentative global address (DAD not done yet): none, until it becomes usable.
         let f = assemble(&links, &addrs[..2], &[]);
-        assert_eq!(f[0].v6, None, "a tentative address is never a steering source");
+        assert_eq!(
+            f[0].v6, None,
+            "a tentative address is never a steering source"
+        );
     }
 
     #[test]
