@@ -772,6 +772,9 @@ pub struct Pod {
     pub ovn6: Ipv6Addr,
     pub eth0_mac: [u8; 6],
     pub ovn_mac: [u8; 6],
+    /// IPv6 addresses on the OVN side go through duplicate address detection (tentative at
+    /// first) instead of `nodad`: [`Topology::enable_dad`].
+    pub dad: bool,
 }
 
 impl Pod {
@@ -788,6 +791,7 @@ impl Pod {
             ovn6: Ipv6Addr::new(0xfd00, 0x124, 0, 0, 0, 0, 0, h.into()),
             eth0_mac: [0x02, 0x00, 0x0a, 0xf4, 0x01, h],
             ovn_mac: [0x02, 0x00, 0x0a, 0x7c, 0x02, h],
+            dad: false,
         }
     }
 
@@ -973,6 +977,15 @@ impl Topology {
         let p = self.add_bare_pod();
         self.wire_pod(&p);
         p
+    }
+
+    /// Turns duplicate address detection on in bare pod `p` (before
+    /// [`wire_second`](Self::wire_second)): its OVN-side IPv6 address is then tentative for about
+    /// a second, as on a real node, and becomes usable with an `RTM_NEWADDR` of its own.
+    pub fn enable_dad(&self, p: &mut Pod) {
+        sysctl(&p.ns, "net.ipv6.conf.all.accept_dad", "1");
+        sysctl(&p.ns, "net.ipv6.conf.default.accept_dad", "1");
+        p.dad = true;
     }
 
     /// Adds a pod's namespace with nothing but `lo` (what a runtime has when it writes the
@@ -1315,17 +1328,12 @@ impl Topology {
             pod,
             &["addr", "add", &format!("{}/24", p.ovn4), "dev", second],
         );
-        ip_in(
-            pod,
-            &[
-                "addr",
-                "add",
-                &format!("{}/64", p.ovn6),
-                "dev",
-                second,
-                "nodad",
-            ],
-        );
+        let ovn6 = format!("{}/64", p.ovn6);
+        let mut add6 = vec!["addr", "add", &ovn6, "dev", second];
+        if !p.dad {
+            add6.push("nodad");
+        }
+        ip_in(pod, &add6);
         // OVN cluster routes (what Multus IPAM typically installs): the gateway is discoverable,
         // and the servers stay behind the default route on eth0.
         ip_in(

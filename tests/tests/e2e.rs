@@ -525,7 +525,8 @@ fn wait_steerable(env: &mut Env, p: &Pod) {
 /// and the OVN-side one seconds later (Multus → OVN-Kubernetes waits for its annotation). The
 /// agent follows the pod's namespace, so the pod is steered once its interfaces exist; a later
 /// detach of the OVN interface leaves no entry or link pin of it behind, and a re-attach (a
-/// Multus dynamic attachment) is steered again.
+/// Multus dynamic attachment) is steered again. The OVN-side IPv6 address goes through DAD
+/// (tentative first), so IPv6 steering waits for the notification that it became usable.
 #[test]
 fn interfaces_that_appear_after_the_cni_result_file_are_steered_and_a_detached_one_leaves_nothing()
 {
@@ -536,7 +537,9 @@ fn interfaces_that_appear_after_the_cni_result_file_are_steered_and_a_detached_o
     }
     let seed = Seed::new("eth1");
     let mut env = Env::new(&seed);
-    let p = env.topo.add_bare_pod();
+    let mut p = env.topo.add_bare_pod();
+    // IPv6 as on a real node: the OVN-side address is tentative until DAD completes.
+    env.topo.enable_dad(&mut p);
     let netns = p.path();
     // The `-lo` result first: the namespace has nothing but lo.
     env.agent.add_topology_pod(&p);
@@ -597,7 +600,7 @@ fn interfaces_that_appear_after_the_cni_result_file_are_steered_and_a_detached_o
 
     // Re-attach: steered again.
     env.topo.wire_second(&p);
-    env.agent.wait_pod_managed(&netns, &["eth0", "eth1"]);
+    wait_steerable(&mut env, &p);
     env.check_table(&p, &seed);
     assert_eq!(
         pins(&env),
