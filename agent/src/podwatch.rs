@@ -174,6 +174,22 @@ impl PodWatch {
         }
     }
 
+    /// Stops following every namespace `keep` refuses: the level-triggered backstop that keeps
+    /// exactly the managed pods followed, whatever path (a failed first set-up, a namespace gone
+    /// between follow and discovery) left a socket behind.
+    pub fn retain(&self, mut keep: impl FnMut(&Path) -> bool) {
+        let mut sockets = lock(&self.shared.sockets);
+        let before = sockets.len();
+        sockets.retain(|p, _| keep(p));
+        if sockets.len() != before {
+            let mut changed = lock(&self.shared.changed);
+            changed.retain(|p| sockets.contains_key(p));
+            drop(changed);
+            drop(sockets);
+            self.shared.poke();
+        }
+    }
+
     /// Whether `netns` is followed.
     pub fn watches(&self, netns: &Path) -> bool {
         lock(&self.shared.sockets).contains_key(netns)
@@ -301,8 +317,8 @@ mod tests {
         rx.recv_timeout(Duration::from_secs(5))
             .expect("woken by RTM_NEWLINK");
         assert!(w.take_changed().contains(&path));
-        w.unwatch(&path);
-        assert!(w.is_empty());
+        w.retain(|p| p != path);
+        assert!(w.is_empty(), "retain closes the sockets it refuses");
         ip(&["-n", &name, "link", "del", "d0"]);
         std::thread::sleep(Duration::from_millis(100));
         assert!(

@@ -588,6 +588,11 @@ impl Reconciler {
                 Err(e) => self.fail(&s.namespace, &s.name, netns, &e),
             }
         }
+        // Exactly the managed pods are followed: a pod whose first set-up failed after its
+        // namespace was followed (it vanished in between, say) must not keep a socket.
+        if let Some(w) = &self.watch {
+            w.retain(|netns| self.pods.contains_key(netns));
+        }
     }
 
     /// Whether a steered flow from one of the pod's addresses is in the flow table.
