@@ -22,6 +22,7 @@ pub mod netns;
 pub mod podnet;
 pub mod podwatch;
 pub mod reconcile;
+pub mod report;
 pub mod standalone;
 pub mod wake;
 

@@ -21,7 +21,7 @@ use veer_agent::{
         flows::{self as cli_flows},
         index::RuleIndex,
         maps::{self as cli_maps, MapsReport},
-        status::{self as cli_status, DEFAULT_STATUS_FILE, StatusFile, StatusPod},
+        status::{self as cli_status, DEFAULT_STATUS_FILE},
         trace::{self as cli_trace, Proto},
     },
     dataplane::Dataplane,
@@ -30,6 +30,7 @@ use veer_agent::{
     lpm::RefRules,
     maps::Maps,
     metrics::{self, Metrics},
+    report::{PodReport, StatusError, StatusFile},
 };
 use veer_common::{
     DIR_OUT, FAMILY_V4, IFACE_F_V4, IFACE_F_V6, RULESET_BITS, Rule4Key, Rule6Key, paths, stats,
@@ -279,21 +280,26 @@ impl Sources {
         let status_slots = self
             .status
             .as_ref()
-            .map(|s| s.slots.clone())
+            .map(|s| {
+                s.slots
+                    .iter()
+                    .map(|x| (x.dev.clone(), x.slot))
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         cli_maps::slot_names(self.index.as_ref().ok(), &status_slots)
     }
 
     /// The pods of the status file (none without one).
-    fn pods(&self) -> Vec<StatusPod> {
+    fn pods(&self) -> Vec<PodReport> {
         self.status
             .as_ref()
-            .map(StatusFile::pods)
+            .map(|s| s.pods.clone())
             .unwrap_or_default()
     }
 }
 
-fn context(status_file: &Path) -> (std::io::Result<(StatusFile, Duration)>, Sources) {
+fn context(status_file: &Path) -> (Result<(StatusFile, Duration), StatusError>, Sources) {
     let loaded = StatusFile::load(status_file);
     let status = loaded.as_ref().ok().map(|(s, _)| s.clone());
     let index_path = status.as_ref().map_or_else(
@@ -658,21 +664,15 @@ fn cmd_run(
     metrics_address: Option<SocketAddr>,
 ) -> Result<()> {
     let stop = install_signal_handlers();
+    let metrics = metrics_address.map(|addr| Metrics::start(&root, addr));
     if kubernetes {
         let mut cfg = veer_agent::k8s::K8sConfig::new(node_name.unwrap_or_default(), root.clone());
         cfg.cni_dir = cni_dir;
         cfg.netns_dir = netns_dir;
         cfg.status_file = Some(status_file.clone());
+        cfg.metrics = metrics;
         if let Some(s) = resync_secs {
             cfg.resync = Duration::from_secs(s.max(1));
-        }
-        if let Some(addr) = metrics_address {
-            // The Kubernetes loop reports through its status file: ready once it is written.
-            let m = Metrics::new(&root);
-            m.ready_when_status_written(&status_file);
-            if let Err(e) = m.serve(addr) {
-                tracing::error!(%addr, error = %e, "cannot serve metrics; continuing without them");
-            }
         }
         tracing::info!(?cfg, "veer agent starting (kubernetes)");
         veer_agent::k8s::run_blocking(cfg, stop).context("agent stopped")?;
@@ -688,7 +688,7 @@ fn cmd_run(
             bpffs_root: root,
             status_file: Some(status_file),
             resync: Duration::from_secs(resync_secs.unwrap_or(10).max(1)),
-            metrics: metrics_address,
+            metrics,
         };
         tracing::info!(?cfg, "veer agent starting (standalone)");
         veer_agent::standalone::run(cfg, stop).context("agent stopped")?;

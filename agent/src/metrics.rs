@@ -31,7 +31,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, SystemTime},
@@ -68,53 +68,17 @@ struct Shared {
     root: PathBuf,
     ready: AtomicBool,
     started: SystemTime,
-    ready_status_file: Mutex<Option<PathBuf>>,
+    /// The rule index of the last round (labels of the per-rule counters).
     index: RwLock<Option<Arc<RuleIndex>>>,
-    /// The rule index read from beside the status file (when the loop sets none), by mtime.
-    index_file: Mutex<Option<(SystemTime, Arc<RuleIndex>)>>,
 }
 
 impl Shared {
-    /// The index set by the loop, else the one beside the status file.
     fn index(&self) -> Option<Arc<RuleIndex>> {
-        if let Some(i) = self.index.read().unwrap_or_else(|e| e.into_inner()).clone() {
-            return Some(i);
-        }
-        let status = self
-            .ready_status_file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()?;
-        let path = crate::cli::index::path_for_status(&status);
-        let mtime = std::fs::metadata(&path).ok()?.modified().ok()?;
-        let mut cache = self.index_file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((t, i)) = cache.as_ref()
-            && *t == mtime
-        {
-            return Some(i.clone());
-        }
-        let i = Arc::new(RuleIndex::load(&path).ok()?);
-        *cache = Some((mtime, i.clone()));
-        Some(i)
+        self.index.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn is_ready(&self) -> bool {
-        if self.ready.load(Ordering::Relaxed) {
-            return true;
-        }
-        let f = self
-            .ready_status_file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let written = f
-            .and_then(|f| std::fs::metadata(f).ok())
-            .and_then(|m| m.modified().ok())
-            .is_some_and(|m| m >= self.started);
-        if written {
-            self.ready.store(true, Ordering::Relaxed);
-        }
-        written
+        self.ready.load(Ordering::Relaxed)
     }
 }
 
@@ -338,9 +302,7 @@ impl Metrics {
             // File times come from a coarse clock that lags by up to a tick: a file written just
             // after this point may look older than it.
             started: SystemTime::now() - Duration::from_millis(50),
-            ready_status_file: Mutex::new(None),
             index: RwLock::new(None),
-            index_file: Mutex::new(None),
         });
         let mut registry = Registry::default();
         let reconcile = Histogram::new(exponential_buckets(0.001, 2.0, 16));
@@ -395,20 +357,20 @@ impl Metrics {
         })
     }
 
+    /// Metrics of the agent whose maps are pinned under `bpffs_root`, served on `addr`. Metrics
+    /// are not worth stopping the agent for: a bind failure is logged (and `/healthz` probes
+    /// then fail visibly), and the loop still records into the returned metrics.
+    pub fn start(bpffs_root: &Path, addr: SocketAddr) -> Arc<Self> {
+        let m = Self::new(bpffs_root);
+        if let Err(e) = m.serve(addr) {
+            tracing::error!(%addr, error = %e, "cannot serve metrics; continuing without them");
+        }
+        m
+    }
+
     /// Marks the agent ready (maps loaded, first round done).
     pub fn set_ready(&self) {
         self.shared.ready.store(true, Ordering::Relaxed);
-    }
-
-    /// For agent loops that do not call [`set_ready`](Self::set_ready): ready once `path` is
-    /// written after the metrics were created. Without [`set_rule_index`](Self::set_rule_index),
-    /// per-rule counters are then labelled from the rule index beside `path`.
-    pub fn ready_when_status_written(&self, path: &Path) {
-        *self
-            .shared
-            .ready_status_file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(path.to_path_buf());
     }
 
     /// Whether `/readyz` answers 200.
@@ -536,7 +498,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::index::tests_support::sample_index;
+    use crate::report::index::tests_support::sample_index;
 
     /// Parses OpenMetrics text into (name, labels, value) samples, checking every line's shape.
     fn parse(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> {
@@ -666,10 +628,7 @@ mod tests {
         };
         assert!(get("/healthz").starts_with("HTTP/1.1 200 OK"));
         assert!(get("/readyz").starts_with("HTTP/1.1 503"));
-        let status = dir.path().join("status.json");
-        m.ready_when_status_written(&status);
-        assert!(get("/readyz").starts_with("HTTP/1.1 503"));
-        std::fs::write(&status, "{}").unwrap();
+        m.set_ready();
         assert!(get("/readyz").starts_with("HTTP/1.1 200 OK"));
         let r = get("/metrics");
         assert!(r.contains(CONTENT_TYPE), "{r}");

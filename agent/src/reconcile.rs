@@ -15,7 +15,6 @@ use std::{
 
 use aya::maps::{MapError, PerCpuValues};
 use ipnet::IpNet;
-use serde::Serialize;
 use veer_common::{FlowKey, FlowValue, IfaceInfo, IfaceKey, RuleStats, RuleValue, paths};
 
 use crate::{
@@ -30,6 +29,7 @@ use crate::{
     maps::{Maps, MapsError, rule4_key, rule6_key},
     podnet::{self, IfaceFacts, PodnetError, SlotTargets},
     podwatch::PodWatch,
+    report::{PodFailure, PodIface, PodReport, Skipped},
 };
 
 /// The ruleset of a pod no Route selects any more while its steered flows drain: no rule has
@@ -74,16 +74,8 @@ pub enum ReconcileError {
     },
 }
 
-/// Why a pod is not (fully) managed.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Skip {
-    /// Interface name, or empty when the whole pod is skipped.
-    pub iface: String,
-    pub reason: String,
-}
-
 /// What the agent knows and did about one pod.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct PodState {
     pub namespace: String,
     pub name: String,
@@ -93,25 +85,37 @@ pub struct PodState {
     pub ruleset: u32,
     /// Managed interfaces: name, ifindex, slot (none when no rule names the interface).
     pub ifaces: Vec<(String, u32, Option<u16>)>,
-    pub skipped: Vec<Skip>,
-    #[serde(skip)]
+    pub skipped: Vec<Skipped>,
     facts: Vec<IfaceFacts>,
-    #[serde(skip)]
     links: Vec<PodLinks>,
-    #[serde(skip)]
     keys: Vec<IfaceKey>,
     /// Whether the pod's links run the debug object's programs.
-    #[serde(skip)]
     debug: bool,
 }
 
-/// A pod that could not be set up this round (retried on the next).
-#[derive(Debug, Clone, Serialize)]
-pub struct PodFailure {
-    pub namespace: String,
-    pub name: String,
-    pub netns: PathBuf,
-    pub error: String,
+impl PodState {
+    /// The pod as a round report shows it (`routes`: the Routes selecting it).
+    pub fn report(&self, routes: Vec<String>) -> PodReport {
+        PodReport {
+            pod: format!("{}/{}", self.namespace, self.name),
+            uid: self.uid.clone(),
+            netns: Some(self.netns.clone()),
+            netns_cookie: Some(self.cookie).filter(|c| *c != 0),
+            ruleset: Some(self.ruleset).filter(|r| *r != DRAIN_RULESET),
+            routes,
+            interfaces: self
+                .ifaces
+                .iter()
+                .map(|(name, ifindex, slot)| PodIface {
+                    name: name.clone(),
+                    ifindex: Some(*ifindex),
+                    slot: *slot,
+                })
+                .collect(),
+            skipped: self.skipped.clone(),
+            failure: None,
+        }
+    }
 }
 
 /// The dataplane side of the agent.
@@ -179,6 +183,30 @@ impl Reconciler {
 
     pub fn pods(&self) -> impl Iterator<Item = &PodState> {
         self.pods.values()
+    }
+
+    /// Every managed pod and every pod that failed this round, as reports (`uid` of a failed
+    /// pod from `sandboxes`; `routes` are filled in by the caller, who knows the selection).
+    pub fn reports(&self, sandboxes: &[PodSandbox]) -> Vec<PodReport> {
+        let uid_of: BTreeMap<&Path, &str> = sandboxes
+            .iter()
+            .map(|s| (s.netns.as_path(), s.uid.as_str()))
+            .collect();
+        let failed = self.failures.iter().map(|f| PodReport {
+            pod: format!("{}/{}", f.namespace, f.name),
+            uid: uid_of
+                .get(f.netns.as_path())
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            netns: Some(f.netns.clone()),
+            failure: Some(f.error.clone()),
+            ..PodReport::default()
+        });
+        self.pods
+            .values()
+            .map(|p| p.report(Vec::new()))
+            .chain(failed)
+            .collect()
     }
 
     /// Rule entries currently in the tries.
@@ -664,12 +692,12 @@ impl Reconciler {
         p.skipped.clear();
         for (name, _) in slots.iter() {
             match podnet::find(&p.facts, name) {
-                Some(f) if !f.is_ether => p.skipped.push(Skip {
+                Some(f) if !f.is_ether => p.skipped.push(Skipped {
                     iface: name.into(),
                     reason: "not an Ethernet interface".into(),
                 }),
                 Some(_) => {}
-                None => p.skipped.push(Skip {
+                None => p.skipped.push(Skipped {
                     iface: name.into(),
                     reason: format!(
                         "the pod has no interface {name}: rules with dev {name} are skipped for it"
@@ -756,7 +784,7 @@ impl Reconciler {
                     IpNet::V6(_) => std::net::IpAddr::from(e.value.via),
                 };
                 if !f.reaches(via) {
-                    p.skipped.push(Skip {
+                    p.skipped.push(Skipped {
                         iface: f.name.clone(),
                         reason: format!(
                             "{}: via {via} is not reachable on {} (neither its gateway nor in its \
@@ -772,7 +800,7 @@ impl Reconciler {
             }
         }
         if let Err(e) = podnet::keep_resolved(&p.netns, &hops) {
-            p.skipped.push(Skip {
+            p.skipped.push(Skipped {
                 iface: String::new(),
                 reason: format!(
                     "next hops not pinned in the neighbour table: {}",
@@ -787,7 +815,7 @@ impl Reconciler {
             .map(|(f, s)| (f.name.clone(), f.ifindex, u16::try_from(*s).ok()))
             .collect();
         if p.ruleset == DRAIN_RULESET {
-            p.skipped.push(Skip {
+            p.skipped.push(Skipped {
                 iface: String::new(),
                 reason: "no Route selects the pod any more: its programs stay until its steered \
                          flows end (no new flow is steered)"
@@ -795,7 +823,7 @@ impl Reconciler {
             });
         }
         if p.ifaces.is_empty() {
-            p.skipped.push(Skip {
+            p.skipped.push(Skipped {
                 iface: String::new(),
                 reason: "no interface named by any rule".into(),
             });

@@ -11,7 +11,6 @@
 //! files still apply.
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -22,15 +21,16 @@ use std::{
 };
 
 use notify::{RecursiveMode, Watcher};
-use serde::Serialize;
 
 use crate::{
-    cli::index::{self as rule_index, RuleIndex},
-    config::{Compiled, RouteSet, ServiceIndex, cni, compile_all_pods, load, services},
+    config::{
+        RouteSet, ServiceIndex, cni, compile::ALL_PODS_RULESET, compile_all_pods, load, services,
+    },
     dataplane::{Dataplane, DataplaneError},
-    debug::{DebugControl, DebugState, unix_now},
+    debug::{DebugControl, unix_now},
     metrics::Metrics,
-    reconcile::{PodFailure, PodState, ReconcileError, Reconciler},
+    reconcile::{ReconcileError, Reconciler},
+    report::{Mode, Publisher, Round, StatusFile},
     wake::{COALESCE, MIN_INTERVAL, OwnFiles, interval_after, next_round_at},
 };
 
@@ -51,8 +51,9 @@ pub struct StandaloneConfig {
     pub status_file: Option<PathBuf>,
     /// Full resync interval.
     pub resync: Duration,
-    /// Where to serve `/metrics`, `/healthz` and `/readyz` (see [`crate::metrics`]).
-    pub metrics: Option<SocketAddr>,
+    /// Where the round, attach, pod and source-error metrics go (served by the caller: see
+    /// [`Metrics::start`]).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Errors that stop the agent (everything else is reported and retried).
@@ -64,29 +65,6 @@ pub enum StandaloneError {
     Reconcile(#[from] ReconcileError),
     #[error("watching files")]
     Watch(#[from] notify::Error),
-}
-
-/// What the last round saw and did: written to the status file.
-#[derive(Debug, Serialize)]
-pub struct Status<'a> {
-    pub mode: &'static str,
-    pub round: u64,
-    pub ready: bool,
-    pub last_round_ms: u128,
-    pub slots: Vec<(String, u16)>,
-    pub rules: usize,
-    pub routes: Vec<String>,
-    pub load_errors: Vec<String>,
-    pub compile_error: Option<String>,
-    pub issues: Vec<String>,
-    pub conflicts: Vec<String>,
-    pub pods: Vec<&'a PodState>,
-    pub pod_failures: &'a [PodFailure],
-    pub cni_errors: Vec<String>,
-    /// The rule index beside this file (provenance of every trie entry, read by the CLI).
-    pub rule_index: Option<PathBuf>,
-    /// The eBPF debug events in force (`veer debug`).
-    pub debug_events: Option<DebugState>,
 }
 
 fn load_routes(set: &mut RouteSet, path: &Path) -> Vec<String> {
@@ -136,18 +114,7 @@ fn load_services(path: Option<&Path>, errors: &mut Vec<String>) -> ServiceIndex 
 /// Runs until `stop` is set. Returns only on a fatal error or stop; the datapath (pinned maps
 /// and links) keeps working after the agent exits.
 pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), StandaloneError> {
-    // Metrics are not worth stopping the agent for: a bind failure is logged (and `/healthz`
-    // probes then fail visibly).
-    let metrics = cfg.metrics.and_then(|addr| {
-        let m = Metrics::new(&cfg.bpffs_root);
-        match m.serve(addr) {
-            Ok(_) => Some(m),
-            Err(e) => {
-                tracing::error!(%addr, error = %e, "cannot serve metrics; continuing without them");
-                None
-            }
-        }
-    });
+    let mut publisher = Publisher::new(cfg.status_file.clone(), cfg.metrics.clone());
     let dp = Dataplane::load_pinned(&cfg.bpffs_root)?;
     let mut rec = Reconciler::new(dp)?;
     // `veer debug on|off` writes a request beside the status file.
@@ -197,7 +164,6 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
     let mut first = true;
     let mut stale_pending = true;
     let mut reported: Vec<String> = Vec::new();
-    let mut applied_index: Option<Arc<RuleIndex>> = None;
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         round += 1;
@@ -243,8 +209,6 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
             }
         }
         let (sandboxes, cni_errors) = cni::scan_dir(&cfg.cni_dir);
-        let before: std::collections::BTreeSet<PathBuf> =
-            rec.pods().map(|p| p.netns.clone()).collect();
         rec.sync_pods(&sandboxes);
         if first {
             rec.remove_orphans();
@@ -257,44 +221,37 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
             stale_pending = false;
         }
         let elapsed = started.elapsed();
-        let new_index = RuleIndex::from_compiled(rec.applied());
-        let index_changed = applied_index.as_deref() != Some(&new_index);
-        if index_changed {
-            applied_index = Some(Arc::new(new_index));
-        }
-        let rules = applied_index.as_ref().expect("set above");
-        if let Some(m) = &metrics {
-            let managed: std::collections::BTreeSet<&Path> =
-                rec.pods().map(|p| p.netns.as_path()).collect();
-            for s in &sandboxes {
-                if !before.contains(&s.netns) && managed.contains(s.netns.as_path()) {
-                    m.observe_attached(&s.file);
-                }
-            }
-            m.observe_round(elapsed, managed.len());
-            m.source_errors("routes", load_errors.len());
-            m.source_errors("services", svc_errors.len());
-            m.source_errors("cni", cni_errors.len());
-            m.source_errors("compile", usize::from(compile_error.is_some()));
-            if index_changed {
-                m.set_rule_index(rules.clone());
-            }
-            m.set_ready();
-        }
-        if let Some(path) = &cfg.status_file {
-            write_status(
-                path,
-                &rec,
-                (rules, index_changed),
-                round,
-                elapsed,
-                load_errors.into_iter().chain(svc_errors).collect(),
-                compile_error,
-                routes_names(&routes),
-                cni_errors.iter().map(ToString::to_string).collect(),
-                debug.as_ref().map(|d| d.state().clone()),
-            );
-        }
+        let route_names: Vec<String> = routes.routes().map(|r| r.name.clone()).collect();
+        let mut report = StatusFile::new(Mode::Standalone, round).with_applied(rec.applied());
+        // Every Route applies to every pod: one ruleset.
+        report.rulesets = [(ALL_PODS_RULESET, route_names.clone())].into();
+        report.pods = rec
+            .reports(&sandboxes)
+            .into_iter()
+            .filter(|p| p.failure.is_none())
+            .map(|mut p| {
+                p.routes = route_names.clone();
+                p
+            })
+            .collect();
+        report.pod_failures = rec.failures.clone();
+        report.routes = route_names;
+        report.load_errors = load_errors.iter().chain(&svc_errors).cloned().collect();
+        report.compile_error = compile_error.clone();
+        report.cni_errors = cni_errors.iter().map(ToString::to_string).collect();
+        report.debug_events = debug.as_ref().map(|d| d.state().clone());
+        publisher.publish(Round {
+            report,
+            applied: rec.applied(),
+            elapsed,
+            source_errors: vec![
+                ("routes", load_errors.len()),
+                ("services", svc_errors.len()),
+                ("cni", cni_errors.len()),
+                ("compile", usize::from(compile_error.is_some())),
+            ],
+            sandboxes: &sandboxes,
+        });
         tracing::debug!(round, ms = elapsed.as_millis(), "reconciled");
         // Wait for a change or the resync interval (checking `stop` often); coalesce bursts.
         let deadline = Instant::now() + cfg.resync;
@@ -333,68 +290,4 @@ pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), Standalon
         }
     }
     Ok(())
-}
-
-fn routes_names(r: &RouteSet) -> Vec<String> {
-    r.routes().map(|r| r.name.clone()).collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn write_status(
-    path: &Path,
-    rec: &Reconciler,
-    (index, index_changed): (&RuleIndex, bool),
-    round: u64,
-    elapsed: Duration,
-    load_errors: Vec<String>,
-    compile_error: Option<String>,
-    routes: Vec<String>,
-    cni_errors: Vec<String>,
-    debug_events: Option<DebugState>,
-) {
-    let c: &Compiled = rec.applied();
-    let status = Status {
-        mode: "standalone",
-        round,
-        ready: true,
-        last_round_ms: elapsed.as_millis(),
-        slots: c.slots.iter().map(|(n, s)| (n.to_string(), s)).collect(),
-        rules: c.entries.len(),
-        routes,
-        load_errors,
-        compile_error,
-        issues: c.issues.iter().map(ToString::to_string).collect(),
-        conflicts: c.conflicts.iter().map(ToString::to_string).collect(),
-        pods: rec.pods().collect(),
-        pod_failures: &rec.failures,
-        cni_errors,
-        rule_index: None,
-        debug_events,
-    };
-    // The index first, so the status file never names an index older than itself.
-    let index_path = rule_index::path_for_status(path);
-    let mut status = status;
-    if !index_changed && index_path.exists() {
-        status.rule_index = Some(index_path);
-    } else {
-        match index.write_atomic(&index_path) {
-            Ok(()) => status.rule_index = Some(index_path),
-            Err(e) => {
-                tracing::warn!(path = %index_path.display(), error = %e, "cannot write the rule index")
-            }
-        }
-    }
-    let tmp = path.with_extension("tmp");
-    let ok = path
-        .parent()
-        .map(std::fs::create_dir_all)
-        .transpose()
-        .is_ok()
-        && serde_json::to_vec_pretty(&status)
-            .ok()
-            .is_some_and(|b| std::fs::write(&tmp, b).is_ok())
-        && std::fs::rename(&tmp, path).is_ok();
-    if !ok {
-        tracing::warn!(path = %path.display(), "cannot write the status file");
-    }
 }

@@ -60,7 +60,7 @@ impl OwnFiles {
     /// The agent's own outputs for `status_file` (none without one).
     pub fn of_status(status_file: Option<&std::path::Path>) -> Self {
         Self(status_file.map_or_else(Vec::new, |s| {
-            let index = crate::cli::index::path_for_status(s);
+            let index = crate::report::index::path_for_status(s);
             vec![
                 s.with_extension("tmp"),
                 index.with_extension("json.tmp"),

@@ -12,13 +12,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use veer_agent::config::PodSandbox;
 use veer_agent::config::compile::Compiled;
-use veer_agent::k8s::apply::{ApplyError, NodeDataplane, PodOutcome};
+use veer_agent::k8s::apply::{ApplyError, NodeDataplane};
 use veer_agent::k8s::desired::{Desired, RulesetIds, desired_from_stores};
 use veer_agent::k8s::gc::prune_status;
 use veer_agent::k8s::status::{field_manager, patch_status};
 use veer_agent::k8s::testing::{FakeApi, Recorded, namespace, node, pod, route, service};
 use veer_agent::k8s::watch::Reflectors;
 use veer_agent::k8s::{K8sConfig, crd::RouteStatus, run_with};
+use veer_agent::report::{PodIface, PodReport, Skipped, StatusFile};
 
 const NODE: &str = "n1";
 
@@ -384,7 +385,7 @@ impl NodeDataplane for FakeDp {
         &mut self,
         compiled: Compiled,
         pods: &[(PodSandbox, u32)],
-    ) -> Result<Vec<PodOutcome>, ApplyError> {
+    ) -> Result<Vec<PodReport>, ApplyError> {
         self.applied = compiled.clone();
         let mut rec = self.record.lock().unwrap();
         rec.rounds.push((compiled, pods.to_vec()));
@@ -392,31 +393,40 @@ impl NodeDataplane for FakeDp {
         Ok(pods
             .iter()
             .map(|(s, _)| {
+                let pod = format!("{}/{}", s.namespace, s.name);
                 if rec.failing.contains(&s.name) {
-                    return PodOutcome {
-                        namespace: s.namespace.clone(),
-                        name: s.name.clone(),
+                    return PodReport {
+                        pod,
                         uid: s.uid.clone(),
+                        netns: Some(s.netns.clone()),
                         failure: Some("entering the namespace: gone".into()),
                         ..Default::default()
                     };
                 }
                 let eth1 = s.name.starts_with("web");
-                PodOutcome {
-                    namespace: s.namespace.clone(),
-                    name: s.name.clone(),
+                let iface = |name: &str, ifindex| PodIface {
+                    name: name.into(),
+                    ifindex: Some(ifindex),
+                    slot: None,
+                };
+                PodReport {
+                    pod,
                     uid: s.uid.clone(),
-                    managed: if eth1 {
-                        vec!["eth0".into(), "eth1".into()]
+                    netns: Some(s.netns.clone()),
+                    interfaces: if eth1 {
+                        vec![iface("eth0", 2), iface("eth1", 3)]
                     } else {
-                        vec!["eth0".into()]
+                        vec![iface("eth0", 2)]
                     },
                     skipped: if eth1 {
                         vec![]
                     } else {
-                        vec![("eth1".into(), "the pod has no interface eth1".into())]
+                        vec![Skipped {
+                            iface: "eth1".into(),
+                            reason: "the pod has no interface eth1".into(),
+                        }]
                     },
-                    failure: None,
+                    ..Default::default()
                 }
             })
             .collect())
@@ -642,10 +652,9 @@ async fn the_agent_loop_applies_rules_and_reports_status() {
     .await;
 
     // The status file says what happened.
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(cfg.status_file.as_ref().unwrap()).unwrap()).unwrap();
-    assert_eq!(report["mode"], "kubernetes");
-    assert_eq!(report["invalid_routes"], json!(["bad"]));
+    let (report, _) = StatusFile::load(cfg.status_file.as_ref().unwrap()).unwrap();
+    assert_eq!(report.mode, veer_agent::report::Mode::Kubernetes);
+    assert_eq!(report.invalid_routes, ["bad"]);
 
     stop.store(true, Ordering::Relaxed);
     tokio::time::timeout(Duration::from_secs(5), agent)
@@ -803,10 +812,7 @@ impl Running {
     }
 
     fn degraded(&self) -> bool {
-        std::fs::read(&self.status_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .is_some_and(|v| v["degraded"] == true)
+        StatusFile::load(&self.status_file).is_ok_and(|(s, _)| !s.ready)
     }
 
     async fn stop(self) {

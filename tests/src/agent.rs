@@ -757,10 +757,10 @@ impl Agent {
 
     /// Names of the interfaces the agent manages in a pod's status entry.
     pub fn managed_ifaces(pod: &Json) -> Vec<String> {
-        pod.get("ifaces")
+        pod.get("interfaces")
             .items()
             .iter()
-            .filter_map(|i| i.items().first().and_then(Json::as_str).map(String::from))
+            .filter_map(|i| i.get("name").as_str().map(String::from))
             .collect()
     }
 
@@ -801,10 +801,9 @@ impl Agent {
             .items()
             .iter()
             .filter_map(|p| {
-                let v = p.items();
                 Some((
-                    v.first()?.as_str()?.to_string(),
-                    u16::try_from(v.get(1)?.as_u64()?).ok()?,
+                    p.get("dev").as_str()?.to_string(),
+                    u16::try_from(p.get("slot").as_u64()?).ok()?,
                 ))
             })
             .collect()

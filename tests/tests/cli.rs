@@ -11,7 +11,7 @@ use std::{
 
 use aya::maps::PerCpuValues;
 use ipnet::IpNet;
-use serde_json::{Value, json};
+use serde_json::Value;
 use veer_agent::{
     cli::{
         index::{IndexEntry, RuleIndex, SlotName},
@@ -19,6 +19,7 @@ use veer_agent::{
     },
     dataplane::Dataplane,
     maps::{Maps, rule4_key, rule6_key},
+    report::{Mode, PodIface, PodReport, StatusFile},
 };
 use veer_common::{
     DIR_IN, DIR_OUT, FAMILY_V4, FLOW_REVNAT, FLOW_STEER, FlowKey, FlowValue, IFACE_F_GW4,
@@ -252,15 +253,35 @@ fn populate(maps: &mut Maps) {
 fn write_status(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let status = dir.join("status.json");
-    let s = json!({
-        "mode": "standalone", "round": 3, "ready": true, "last_round_ms": 2,
-        "slots": [["eth0", 0], ["eth1", 1]], "rules": 3, "routes": ["demo"],
-        "load_errors": [], "compile_error": null, "issues": [], "conflicts": [],
-        "pods": [{"namespace": "default", "name": "web", "uid": "u1",
-                  "netns": "/var/run/netns/web-test", "cookie": COOKIE, "ruleset": 1,
-                  "ifaces": [["eth0", 2, 0], ["eth1", 3, 1]], "skipped": []}],
-        "pod_failures": [], "cni_errors": []
-    });
+    let mut s = StatusFile::new(Mode::Standalone, 3);
+    s.last_round_ms = 2;
+    s.slots = vec![
+        SlotName {
+            dev: "eth0".into(),
+            slot: 0,
+        },
+        SlotName {
+            dev: "eth1".into(),
+            slot: 1,
+        },
+    ];
+    s.rules = 3;
+    s.routes = vec!["demo".into()];
+    let iface = |name: &str, ifindex, slot| PodIface {
+        name: name.into(),
+        ifindex: Some(ifindex),
+        slot: Some(slot),
+    };
+    s.pods = vec![PodReport {
+        pod: "default/web".into(),
+        uid: "u1".into(),
+        netns: Some("/var/run/netns/web-test".into()),
+        netns_cookie: Some(COOKIE),
+        ruleset: Some(1),
+        routes: vec!["demo".into()],
+        interfaces: vec![iface("eth0", 2, 0), iface("eth1", 3, 1)],
+        ..Default::default()
+    }];
     std::fs::write(&status, serde_json::to_vec(&s).unwrap()).unwrap();
     let entry =
         |prefix: &str, rule_id, path: &str, dev: &str, slot, via: Option<IpAddr>| IndexEntry {

@@ -222,7 +222,7 @@ impl Env {
         let topo = Topology::build(TopologyOpts::default());
         let agent = K8sAgent::start(topo.pod0(), json!({"app": "web"}), routes);
         let managed = agent.wait_pod("pod managed with eth0 and eth1", |p| {
-            p["managed"].as_array().is_some_and(|m| m.len() == 2)
+            p["interfaces"].as_array().is_some_and(|m| m.len() == 2)
         });
         Self {
             agent,
@@ -261,7 +261,7 @@ fn a_pod_moved_to_another_ruleset_keeps_its_established_steered_connection() {
     let after = env.agent.wait_pod("pod in the db ruleset", |q| {
         ruleset(q).is_some() && ruleset(q) != ruleset(&env.managed) && q["routes"] == json!(["db"])
     });
-    assert_eq!(after["managed"].as_array().map(Vec::len), Some(2));
+    assert_eq!(after["interfaces"].as_array().map(Vec::len), Some(2));
     assert_stream_survives(stream);
     // New connections follow the new selection: the kernel's path.
     assert_eq!(p.tcp(STEERED4.into()).unwrap(), IpAddr::from(p.v4));
@@ -286,6 +286,6 @@ fn a_pod_no_route_selects_any_more_keeps_its_established_steered_connection_then
     assert_eq!(p.tcp(STEERED4.into()).unwrap(), IpAddr::from(p.v4));
     // The steered stream closed; once its flow entry is gone the pod is released.
     env.agent.wait_pod("pod released", |q| {
-        q["managed"].as_array().is_none_or(Vec::is_empty)
+        q["interfaces"].as_array().is_none_or(Vec::is_empty)
     });
 }

@@ -9,9 +9,8 @@ use veer_common::{
     IFACE_F_V6, IfaceInfo, IfaceKey, ST_CLOSING, ST_EST, ST_NONE, ST_SYN,
 };
 
-use super::{
-    addr16, index::RuleIndex, maps::ConfigRow, or_dash, proto_name, status::StatusPod, table,
-};
+use super::{addr16, index::RuleIndex, maps::ConfigRow, or_dash, proto_name, table};
+use crate::report::PodReport;
 
 /// One flow entry, decoded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -87,7 +86,7 @@ fn timeout_s(c: &ConfigRow, state: u8) -> u32 {
 pub struct Context<'a> {
     pub ifaces: &'a [(IfaceKey, IfaceInfo)],
     pub slots: &'a HashMap<u16, String>,
-    pub pods: &'a [StatusPod],
+    pub pods: &'a [PodReport],
     pub index: Option<&'a RuleIndex>,
     pub config: &'a ConfigRow,
     /// `CLOCK_MONOTONIC` now, ns.
@@ -321,12 +320,13 @@ mod tests {
             ..steer
         };
         let slots: HashMap<u16, String> = [(0, "eth0".into()), (1, "eth1".into())].into();
-        let pods = [StatusPod {
+        let pods = [PodReport {
             pod: "default/web".into(),
             uid: String::new(),
             netns: None,
             netns_cookie: Some(77),
             ruleset: Some(1),
+            routes: vec![],
             interfaces: vec![],
             skipped: vec![],
             failure: None,

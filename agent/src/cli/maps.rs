@@ -9,10 +9,8 @@ use veer_common::{
     RuleStats,
 };
 
-use super::{
-    LiveRule, human_bytes, index::RuleIndex, index::via_of, mac_str, or_dash, status::StatusPod,
-    table,
-};
+use super::{LiveRule, human_bytes, index::RuleIndex, index::via_of, mac_str, or_dash, table};
+use crate::report::PodReport;
 
 /// One trie entry, decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -167,7 +165,7 @@ pub fn iface_row(
     k: &IfaceKey,
     v: &IfaceInfo,
     slots: &HashMap<u16, String>,
-    pods: &[StatusPod],
+    pods: &[PodReport],
 ) -> IfaceRow {
     let name = |s: u16| slots.get(&s).cloned();
     IfaceRow {

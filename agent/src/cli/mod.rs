@@ -7,7 +7,8 @@
 //! JSON; the pure parts are unit-tested without maps.
 
 pub mod flows;
-pub mod index;
+/// The rule index is the report's (the CLI reads it): re-exported under its old path.
+pub use crate::report::index;
 pub mod maps;
 pub mod status;
 pub mod trace;

@@ -1,20 +1,22 @@
 //! `veer status`: agent health from its status file, managed pods, Routes with what was applied
 //! and skipped, map occupancy and the drop/error counters.
 //!
-//! The status file is read in either agent mode's form (standalone and Kubernetes write
-//! different fields); [`StatusFile`] keeps what both say and [`StatusPod`] normalises pods.
+//! The status file is the agent's round report ([`crate::report::StatusFile`]), the same in
+//! both modes.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
 
-use crate::debug::DebugState;
+use crate::{
+    debug::DebugState,
+    report::{PodFailure, PodReport, StatusError, StatusFile},
+};
 
 use super::{
     MapUse, counter_class,
@@ -24,205 +26,6 @@ use super::{
 
 /// Default location of the agent's status file.
 pub const DEFAULT_STATUS_FILE: &str = "/run/veer/status.json";
-
-/// An interface of a pod as the status file reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PodIface {
-    pub name: String,
-    pub ifindex: Option<u32>,
-    pub slot: Option<u16>,
-}
-
-/// An interface (or the whole pod, `iface` empty) that is not managed, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Skipped {
-    pub iface: String,
-    pub reason: String,
-}
-
-/// A pod from the status file, in either mode's form.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StatusPod {
-    /// `namespace/name`.
-    pub pod: String,
-    pub uid: String,
-    pub netns: Option<PathBuf>,
-    pub netns_cookie: Option<u64>,
-    pub ruleset: Option<u32>,
-    pub interfaces: Vec<PodIface>,
-    pub skipped: Vec<Skipped>,
-    pub failure: Option<String>,
-}
-
-impl StatusPod {
-    fn from_value(v: &Value) -> Option<Self> {
-        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-        let pod = match (s("pod"), s("namespace"), s("name")) {
-            (Some(p), _, _) => p,
-            (None, Some(ns), Some(n)) => format!("{ns}/{n}"),
-            _ => return None,
-        };
-        let mut interfaces = Vec::new();
-        // Standalone: `ifaces: [[name, ifindex, slot]]`; Kubernetes: `managed: [name]`.
-        for i in v
-            .get("ifaces")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(a) = i.as_array()
-                && let Some(name) = a.first().and_then(Value::as_str)
-            {
-                interfaces.push(PodIface {
-                    name: name.into(),
-                    ifindex: a.get(1).and_then(Value::as_u64).map(|x| x as u32),
-                    slot: a.get(2).and_then(Value::as_u64).map(|x| x as u16),
-                });
-            }
-        }
-        for i in v
-            .get("managed")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(name) = i.as_str() {
-                interfaces.push(PodIface {
-                    name: name.into(),
-                    ifindex: None,
-                    slot: None,
-                });
-            }
-        }
-        let mut skipped = Vec::new();
-        for i in v
-            .get("skipped")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let (iface, reason) = match i {
-                Value::Array(a) => (
-                    a.first().and_then(Value::as_str),
-                    a.get(1).and_then(Value::as_str),
-                ),
-                Value::Object(o) => (
-                    o.get("iface").and_then(Value::as_str),
-                    o.get("reason").and_then(Value::as_str),
-                ),
-                _ => (None, None),
-            };
-            if let Some(reason) = reason {
-                skipped.push(Skipped {
-                    iface: iface.unwrap_or_default().into(),
-                    reason: reason.into(),
-                });
-            }
-        }
-        Some(Self {
-            pod,
-            uid: s("uid").unwrap_or_default(),
-            netns: s("netns").map(PathBuf::from),
-            netns_cookie: v.get("cookie").and_then(Value::as_u64).filter(|c| *c != 0),
-            ruleset: v.get("ruleset").and_then(Value::as_u64).map(|x| x as u32),
-            interfaces,
-            skipped,
-            failure: s("failure"),
-        })
-    }
-}
-
-/// A pod that could not be set up in the last round.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodFailure {
-    #[serde(default)]
-    pub namespace: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub netns: PathBuf,
-    #[serde(default)]
-    pub error: String,
-}
-
-/// What the status file says (fields of both modes; missing ones are empty).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct StatusFile {
-    pub mode: String,
-    pub node: Option<String>,
-    pub round: u64,
-    pub ready: Option<bool>,
-    pub degraded: Option<bool>,
-    pub last_round_ms: u64,
-    pub slots: Vec<(String, u16)>,
-    pub rules: usize,
-    pub routes: Vec<String>,
-    pub load_errors: Vec<String>,
-    pub invalid_routes: Vec<String>,
-    pub compile_error: Option<String>,
-    pub round_error: Option<String>,
-    pub issues: Vec<String>,
-    pub conflicts: Vec<String>,
-    #[serde(rename = "pods")]
-    pub raw_pods: Vec<Value>,
-    pub pod_failures: Vec<PodFailure>,
-    pub cni_errors: Vec<String>,
-    pub watch_errors: BTreeMap<String, String>,
-    /// Path of the rule index (absent in older agents: see [`StatusFile::index_path`]).
-    pub rule_index: Option<PathBuf>,
-    /// The eBPF debug events in force (`veer debug`).
-    pub debug_events: Option<DebugState>,
-}
-
-impl StatusFile {
-    /// Parses a status file's text.
-    pub fn parse(text: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(text)
-    }
-
-    /// Reads the status file and its age (from its modification time).
-    pub fn load(path: &Path) -> std::io::Result<(Self, Duration)> {
-        let text = std::fs::read(path)?;
-        let age = std::fs::metadata(path)?
-            .modified()
-            .ok()
-            .and_then(|m| SystemTime::now().duration_since(m).ok())
-            .unwrap_or_default();
-        let s = Self::parse(&text)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        Ok((s, age))
-    }
-
-    /// The pods, normalised.
-    pub fn pods(&self) -> Vec<StatusPod> {
-        self.raw_pods
-            .iter()
-            .filter_map(StatusPod::from_value)
-            .collect()
-    }
-
-    /// Where the rule index is: the path the agent wrote in the status file (when it exists
-    /// from here: the agent may have been given a relative path), else the one beside
-    /// `status_file`.
-    pub fn index_path(&self, status_file: &Path) -> PathBuf {
-        self.rule_index
-            .clone()
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| super::index::path_for_status(status_file))
-    }
-
-    /// Slot → interface name.
-    pub fn slot_names(&self) -> Vec<SlotName> {
-        self.slots
-            .iter()
-            .map(|(dev, slot)| SlotName {
-                dev: dev.clone(),
-                slot: *slot,
-            })
-            .collect()
-    }
-}
 
 /// The agent as the status file shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -244,7 +47,7 @@ pub struct AgentHealth {
 /// The health of the agent from its status file (or the error reading it).
 pub fn health(
     path: &Path,
-    status: Result<&(StatusFile, Duration), &std::io::Error>,
+    status: Result<&(StatusFile, Duration), &StatusError>,
     stale_after: Duration,
 ) -> AgentHealth {
     match status {
@@ -266,13 +69,13 @@ pub fn health(
         },
         Ok((s, age)) => {
             let stale = *age > stale_after;
-            let ready = s.ready.or(s.degraded.map(|d| !d));
+            let ready = Some(s.ready);
             AgentHealth {
                 status_file: path.into(),
                 state: if stale { "down" } else { "running" }.into(),
                 age_s: Some((age.as_secs_f64() * 10.0).round() / 10.0),
                 stale_after_s: stale_after.as_secs_f64(),
-                mode: Some(s.mode.clone()),
+                mode: Some(s.mode.as_str().into()),
                 node: s.node.clone(),
                 round: Some(s.round),
                 last_round_ms: Some(s.last_round_ms),
@@ -381,7 +184,7 @@ pub fn route_summaries(
 pub struct StatusReport {
     pub agent: AgentHealth,
     pub slots: Vec<SlotName>,
-    pub pods: Vec<StatusPod>,
+    pub pods: Vec<PodReport>,
     pub pod_failures: Vec<PodFailure>,
     pub routes: Vec<RouteSummary>,
     /// Route files rejected (their last good version stays in force) and invalid Routes.
@@ -416,7 +219,7 @@ pub fn build(health: AgentHealth, status: Option<&StatusFile>, live: Live<'_>) -
     let index = live.index.as_ref().ok().copied();
     let slots = match (index, status) {
         (Some(i), _) if !i.slots.is_empty() => i.slots.clone(),
-        (_, Some(s)) => s.slot_names(),
+        (_, Some(s)) => s.slots.clone(),
         _ => Vec::new(),
     };
     let (maps, counters, maps_error) = match live.maps {
@@ -443,11 +246,11 @@ pub fn build(health: AgentHealth, status: Option<&StatusFile>, live: Live<'_>) -
     StatusReport {
         agent: health,
         slots,
-        pods: status.map(StatusFile::pods).unwrap_or_default(),
+        pods: status.map(|s| s.pods.clone()).unwrap_or_default(),
         pod_failures: status.map(|s| s.pod_failures.clone()).unwrap_or_default(),
         routes: route_summaries(status, index, live.rule_totals),
         load_errors,
-        compile_error: status.and_then(|s| s.compile_error.clone().or(s.round_error.clone())),
+        compile_error: status.and_then(|s| s.compile_error.clone()),
         issues,
         conflicts,
         cni_errors: status.map(|s| s.cni_errors.clone()).unwrap_or_default(),
@@ -640,66 +443,62 @@ pub fn render(r: &StatusReport) -> String {
 mod tests {
     use super::*;
     use crate::cli::{index::tests_support::sample_index, occupancy};
+    use crate::report::{Mode, PodIface, Skipped};
 
-    const STANDALONE: &str = r#"{
-      "mode": "standalone", "round": 7, "ready": true, "last_round_ms": 3,
-      "slots": [["eth0", 0], ["eth1", 1]], "rules": 3, "routes": ["demo", "other"],
-      "load_errors": ["bad.yaml: document 1: spec.route[0].dst: invalid"], "compile_error": null,
-      "issues": ["x"], "conflicts": [],
-      "pods": [{"namespace": "default", "name": "web", "uid": "u1",
-                "netns": "/var/run/netns/web", "cookie": 4242, "ruleset": 1,
-                "ifaces": [["eth0", 2, 0], ["eth1", 3, 1]],
-                "skipped": [{"iface": "net1", "reason": "the pod has no interface net1"}]}],
-      "pod_failures": [], "cni_errors": [], "rule_index": "/run/veer/status.rules.json"
-    }"#;
-
-    const K8S: &str = r#"{
-      "mode": "kubernetes", "node": "n1", "round": 2, "degraded": false, "last_round_ms": 9,
-      "slots": [["eth1", 1]], "rules": 1, "routes": ["demo"], "invalid_routes": ["bad: x"],
-      "rulesets": {"1": ["demo"]}, "round_error": null, "issues": [], "conflicts": [],
-      "pods": [{"pod": "default/web", "uid": "u1", "ruleset": 1, "routes": ["demo"],
-                "managed": ["eth1"], "skipped": [["net1", "missing"]], "failure": null}],
-      "watch_errors": {}, "cni_errors": []
-    }"#;
+    /// A standalone agent's status: one pod with two interfaces, one skipped.
+    fn standalone() -> StatusFile {
+        let mut s = StatusFile::new(Mode::Standalone, 7);
+        s.last_round_ms = 3;
+        s.slots = vec![
+            SlotName {
+                dev: "eth0".into(),
+                slot: 0,
+            },
+            SlotName {
+                dev: "eth1".into(),
+                slot: 1,
+            },
+        ];
+        s.rules = 3;
+        s.routes = vec!["demo".into(), "other".into()];
+        s.load_errors = vec!["bad.yaml: document 1: spec.route[0].dst: invalid".into()];
+        s.issues = vec!["x".into()];
+        let iface = |name: &str, ifindex, slot| PodIface {
+            name: name.into(),
+            ifindex: Some(ifindex),
+            slot: Some(slot),
+        };
+        s.pods = vec![PodReport {
+            pod: "default/web".into(),
+            uid: "u1".into(),
+            netns: Some("/var/run/netns/web".into()),
+            netns_cookie: Some(4242),
+            ruleset: Some(1),
+            routes: vec!["demo".into(), "other".into()],
+            interfaces: vec![iface("eth0", 2, 0), iface("eth1", 3, 1)],
+            skipped: vec![Skipped {
+                iface: "net1".into(),
+                reason: "the pod has no interface net1".into(),
+            }],
+            failure: None,
+        }];
+        s.rule_index = Some("/run/veer/status.rules.json".into());
+        s
+    }
 
     #[test]
-    fn both_status_file_forms_are_normalised() {
-        let s = StatusFile::parse(STANDALONE.as_bytes()).unwrap();
-        let p = &s.pods()[0];
-        assert_eq!(p.pod, "default/web");
-        assert_eq!(p.netns_cookie, Some(4242));
-        assert_eq!(
-            p.interfaces[1],
-            PodIface {
-                name: "eth1".into(),
-                ifindex: Some(3),
-                slot: Some(1)
-            }
-        );
-        assert_eq!(p.skipped[0].iface, "net1");
-        assert_eq!(
-            s.rule_index,
-            Some(PathBuf::from("/run/veer/status.rules.json"))
-        );
+    fn the_index_path_is_the_recorded_one_when_it_exists_else_the_one_beside_the_file() {
+        let s = standalone();
         assert_eq!(
             s.index_path(Path::new("/x/status.json")),
             PathBuf::from("/x/status.rules.json"),
             "the recorded path does not exist here"
         );
-        let k = StatusFile::parse(K8S.as_bytes()).unwrap();
-        let p = &k.pods()[0];
-        assert_eq!((p.pod.as_str(), p.ruleset), ("default/web", Some(1)));
-        assert_eq!(p.interfaces[0].name, "eth1");
-        assert_eq!(p.skipped[0].reason, "missing");
-        assert_eq!(
-            k.index_path(Path::new("/x/status.json")),
-            PathBuf::from("/x/status.rules.json")
-        );
     }
 
     #[test]
     fn stale_status_means_agent_down() {
-        let s = StatusFile::parse(STANDALONE.as_bytes()).unwrap();
+        let s = standalone();
         let p = Path::new("/run/veer/status.json");
         let fresh = (s.clone(), Duration::from_secs(2));
         let h = health(p, Ok(&fresh), Duration::from_secs(60));
@@ -708,13 +507,14 @@ mod tests {
         let h = health(p, Ok(&old), Duration::from_secs(60));
         assert_eq!(h.state, "down");
         assert!(h.message.starts_with("agent down"), "{}", h.message);
-        let e = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = StatusFile::load(Path::new("/nonexistent/status.json")).unwrap_err();
+        assert!(e.is_not_found());
         assert_eq!(health(p, Err(&e), Duration::from_secs(60)).state, "unknown");
     }
 
     #[test]
     fn report_json_has_stable_fields_and_route_summaries() {
-        let s = StatusFile::parse(STANDALONE.as_bytes()).unwrap();
+        let s = standalone();
         let idx = sample_index();
         let st = (s.clone(), Duration::from_secs(1));
         let h = health(Path::new("/s.json"), Ok(&st), Duration::from_secs(60));

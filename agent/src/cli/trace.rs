@@ -19,8 +19,9 @@ use veer_common::{
     IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, RuleValue, stats,
 };
 
-use super::{flows::FlowRow, index::RuleIndex, index::via_of, status::StatusPod};
+use super::{flows::FlowRow, index::RuleIndex, index::via_of};
 use crate::lpm::RefRules;
+use crate::report::PodReport;
 
 /// Protocol of the traced packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -186,7 +187,7 @@ pub struct TraceInput<'a> {
     /// The pod's entries in `VEER_IFACES_V1`.
     pub ifaces: &'a [(IfaceKey, IfaceInfo)],
     /// The pod as the status file reports it (for skipped interfaces).
-    pub status_pod: Option<&'a StatusPod>,
+    pub status_pod: Option<&'a PodReport>,
     pub slots: &'a HashMap<u16, String>,
     pub index: Option<&'a RuleIndex>,
     /// The kernel's answer for the pod's ruleset: `None` = not looked up, `Some(None)` = no
@@ -559,9 +560,9 @@ pub fn explain(i: &TraceInput<'_>) -> TraceReport {
 /// entry.
 pub fn resolve_pod<'a>(
     arg: &str,
-    pods: &'a [StatusPod],
+    pods: &'a [PodReport],
     cookie_of: &dyn Fn(&Path) -> Result<u64, String>,
-) -> Result<(String, Option<u64>, Option<&'a StatusPod>), String> {
+) -> Result<(String, Option<u64>, Option<&'a PodReport>), String> {
     if arg.starts_with('/') {
         let path = Path::new(arg);
         let p = pods.iter().find(|p| p.netns.as_deref() == Some(path));
@@ -572,7 +573,7 @@ pub fn resolve_pod<'a>(
         let label = p.map_or_else(|| arg.to_string(), |p| p.pod.clone());
         return Ok((label, Some(cookie), p));
     }
-    let found: Vec<&StatusPod> = pods
+    let found: Vec<&PodReport> = pods
         .iter()
         .filter(|p| p.pod == arg || (!arg.contains('/') && p.pod.rsplit('/').next() == Some(arg)))
         .collect();
@@ -891,12 +892,13 @@ mod tests {
         assert_eq!(parse_dst("10.0.0.1:443").unwrap().1, Some(443));
         assert_eq!(parse_dst("[fd00::1]:53").unwrap().1, Some(53));
         assert!(parse_dst("nope").is_err());
-        let pods = vec![StatusPod {
+        let pods = vec![PodReport {
             pod: "default/web".into(),
             uid: String::new(),
             netns: Some("/var/run/netns/web".into()),
             netns_cookie: Some(77),
             ruleset: Some(1),
+            routes: vec![],
             interfaces: vec![],
             skipped: vec![],
             failure: None,

@@ -3,27 +3,13 @@
 //!
 //! Every pod gets its own ruleset through [`Reconciler::sync_pods_with_rulesets`].
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::config::PodSandbox;
 use crate::config::compile::{CompileError, Compiled};
 use crate::debug::DebugEvents;
 use crate::reconcile::{ReconcileError, Reconciler};
-
-/// What the dataplane did with one pod.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodOutcome {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    /// Interfaces where rules are in force.
-    pub managed: Vec<String>,
-    /// Interfaces named by rules that are skipped for this pod, and why.
-    pub skipped: Vec<(String, String)>,
-    /// Why the pod could not be set up this round (it is retried).
-    pub failure: Option<String>,
-}
+use crate::report::PodReport;
 
 /// Errors of one apply round (the previous state stays in force; retried next round).
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +35,12 @@ pub trait NodeDataplane: DebugEvents + Send + 'static {
     }
 
     /// Makes the maps hold `compiled` and the managed pods exactly `pods` (each with its
-    /// ruleset). Returns what happened to every pod.
+    /// ruleset). Returns what happened to every pod (managed or failed; `routes` left empty).
     fn apply(
         &mut self,
         compiled: Compiled,
         pods: &[(PodSandbox, u32)],
-    ) -> Result<Vec<PodOutcome>, ApplyError>;
+    ) -> Result<Vec<PodReport>, ApplyError>;
 
     /// Removes state left by a previous agent for pods that no longer exist (after the first
     /// apply).
@@ -88,11 +74,11 @@ impl NodeDataplane for Reconciler {
         &mut self,
         compiled: Compiled,
         pods: &[(PodSandbox, u32)],
-    ) -> Result<Vec<PodOutcome>, ApplyError> {
+    ) -> Result<Vec<PodReport>, ApplyError> {
         self.apply_rules(compiled)?;
         self.sync_pods_with_rulesets(pods);
         let sandboxes: Vec<PodSandbox> = pods.iter().map(|(s, _)| s.clone()).collect();
-        Ok(outcomes(self, &sandboxes))
+        Ok(self.reports(&sandboxes))
     }
 
     fn remove_orphans(&mut self) {
@@ -106,40 +92,4 @@ impl NodeDataplane for Reconciler {
     fn follow_pods(&mut self, wake: Box<dyn Fn() + Send + Sync>) {
         Reconciler::follow_pods(self, wake);
     }
-}
-
-/// The outcome of every sandbox from the reconciler's pod states and failures.
-fn outcomes(rec: &Reconciler, sandboxes: &[PodSandbox]) -> Vec<PodOutcome> {
-    let uid_of: BTreeMap<(&str, &str), &str> = sandboxes
-        .iter()
-        .map(|s| ((s.namespace.as_str(), s.name.as_str()), s.uid.as_str()))
-        .collect();
-    let mut out: Vec<PodOutcome> = rec
-        .pods()
-        .map(|p| PodOutcome {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
-            uid: p.uid.clone(),
-            managed: p.ifaces.iter().map(|(n, _, _)| n.clone()).collect(),
-            skipped: p
-                .skipped
-                .iter()
-                .map(|s| (s.iface.clone(), s.reason.clone()))
-                .collect(),
-            failure: None,
-        })
-        .collect();
-    for f in &rec.failures {
-        out.push(PodOutcome {
-            namespace: f.namespace.clone(),
-            name: f.name.clone(),
-            uid: uid_of
-                .get(&(f.namespace.as_str(), f.name.as_str()))
-                .map(|u| u.to_string())
-                .unwrap_or_default(),
-            failure: Some(f.error.clone()),
-            ..Default::default()
-        });
-    }
-    out
 }

@@ -43,19 +43,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::cni;
+use crate::dataplane::{Dataplane, DataplaneError};
+use crate::debug::{DebugControl, unix_now};
+use crate::metrics::Metrics;
+use crate::reconcile::{ReconcileError, Reconciler};
+use crate::report::{Mode, PodFailure, PodReport, Publisher, Round, StatusFile};
+use crate::wake::{OwnFiles, interval_after, next_round_at};
 use futures::FutureExt;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
-use serde::Serialize;
 
-use crate::config::cni;
-use crate::config::compile::Compiled;
-use crate::dataplane::{Dataplane, DataplaneError};
-use crate::debug::{DebugControl, DebugState, unix_now};
-use crate::reconcile::{ReconcileError, Reconciler};
-use crate::wake::{OwnFiles, interval_after, next_round_at};
-
-use apply::{NodeDataplane, PodOutcome};
+use apply::NodeDataplane;
 use crd::RouteStatus;
 use desired::{Desired, RulesetIds, desired_from_stores};
 use status::{EventMemory, RoundView};
@@ -153,8 +152,11 @@ pub struct K8sConfig {
     pub netns_dir: PathBuf,
     /// veer's bpffs directory.
     pub bpffs_root: PathBuf,
-    /// Status file written after every round (read by `veer status`).
+    /// Status file written after every round (read by `veer status`), the rule index beside it.
     pub status_file: Option<PathBuf>,
+    /// Where the round, attach, pod and source-error metrics go (served by the caller: see
+    /// [`Metrics::start`]).
+    pub metrics: Option<Arc<Metrics>>,
     /// Full resync interval.
     pub resync: Duration,
     /// How long the round for a change waits for the changes that come with it (see
@@ -179,6 +181,7 @@ impl K8sConfig {
             netns_dir: "/var/run/netns".into(),
             bpffs_root: bpffs_root.into(),
             status_file: None,
+            metrics: None,
             resync: Duration::from_secs(30),
             coalesce: crate::wake::COALESCE,
             min_interval: crate::wake::MIN_INTERVAL,
@@ -202,41 +205,6 @@ pub enum K8sError {
     ReflectorStopped,
     #[error("the dataplane task failed: {0}")]
     Task(String),
-}
-
-/// What the last round saw and did: written to the status file.
-#[derive(Debug, Serialize)]
-pub struct K8sStatus {
-    pub mode: &'static str,
-    pub node: String,
-    pub round: u64,
-    pub degraded: bool,
-    pub last_round_ms: u128,
-    pub slots: Vec<(String, u16)>,
-    pub rules: usize,
-    pub routes: Vec<String>,
-    pub invalid_routes: Vec<String>,
-    pub rulesets: BTreeMap<u32, Vec<String>>,
-    pub round_error: Option<String>,
-    pub issues: Vec<String>,
-    pub conflicts: Vec<String>,
-    pub pods: Vec<PodReport>,
-    pub watch_errors: BTreeMap<String, String>,
-    pub cni_errors: Vec<String>,
-    /// The eBPF debug events in force (`veer debug`).
-    pub debug_events: Option<DebugState>,
-}
-
-/// One managed or skipped pod in [`K8sStatus`].
-#[derive(Debug, Serialize)]
-pub struct PodReport {
-    pub pod: String,
-    pub uid: String,
-    pub ruleset: Option<u32>,
-    pub routes: Vec<String>,
-    pub managed: Vec<String>,
-    pub skipped: Vec<(String, String)>,
-    pub failure: Option<String>,
 }
 
 /// Connects to the API server (in-cluster or kubeconfig), loads the pinned dataplane and runs
@@ -308,7 +276,9 @@ pub async fn run_with<D: NodeDataplane>(
     tracing::info!(%node, "caches synced; reconciling");
 
     let node_gc_grace = cfg.node_gc_grace;
+    let publisher = Publisher::new(cfg.status_file.clone(), cfg.metrics.clone());
     let mut agent = Agent {
+        publisher,
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -390,6 +360,8 @@ fn watch_dirs(
 }
 
 struct Agent<D> {
+    /// Writes the status file and rule index, records the metrics.
+    publisher: Publisher,
     client: Client,
     recorder: Recorder,
     cfg: K8sConfig,
@@ -459,7 +431,7 @@ impl<D: NodeDataplane> Agent<D> {
                 (None, Some(e.to_string()))
             }
         };
-        let mut outcomes: BTreeMap<String, PodOutcome> = BTreeMap::new();
+        let mut outcomes: BTreeMap<String, PodReport> = BTreeMap::new();
         // Warnings are logged when they change, not every round (the status file has them).
         let issues: Vec<String> = compiled
             .iter()
@@ -543,17 +515,28 @@ impl<D: NodeDataplane> Agent<D> {
             }
         }
 
-        if let Some(path) = self.cfg.status_file.clone() {
-            let status = self.report(
-                &refl.health,
-                &desired,
-                &outcomes,
-                round_error,
-                started.elapsed(),
-                cni_errors.iter().map(ToString::to_string).collect(),
-            );
-            write_json(&path, &status);
-        }
+        let report = self.report(
+            &refl.health,
+            &desired,
+            &outcomes,
+            round_error,
+            cni_errors.iter().map(ToString::to_string).collect(),
+        );
+        let source_errors = vec![
+            ("routes", report.invalid_routes.len()),
+            ("services", desired.service_warnings.len()),
+            ("cni", report.cni_errors.len()),
+            ("compile", usize::from(report.compile_error.is_some())),
+            ("watch", report.watch_errors.len()),
+        ];
+        let applied = self.dp.as_ref().expect("dataplane present").applied();
+        self.publisher.publish(Round {
+            report,
+            applied,
+            elapsed: started.elapsed(),
+            source_errors,
+            sandboxes: &sandboxes,
+        });
         Ok(())
     }
 
@@ -649,80 +632,68 @@ impl<D: NodeDataplane> Agent<D> {
         }
     }
 
+    /// The round report: every pod of this node the API knows, with what the dataplane did.
     fn report(
         &self,
         health: &watch::Health,
         desired: &Desired,
-        outcomes: &BTreeMap<String, PodOutcome>,
+        outcomes: &BTreeMap<String, PodReport>,
         round_error: Option<String>,
-        elapsed: Duration,
         cni_errors: Vec<String>,
-    ) -> K8sStatus {
-        let c: &Compiled = self.dp.as_ref().expect("dataplane present").applied();
-        K8sStatus {
-            mode: "kubernetes",
-            node: self.cfg.node_name.clone(),
-            round: self.round,
-            degraded: health.degraded(),
-            last_round_ms: elapsed.as_millis(),
-            slots: c.slots.iter().map(|(n, s)| (n.to_string(), s)).collect(),
-            rules: c.entries.len(),
-            routes: desired.routes.iter().map(|r| r.name.clone()).collect(),
-            invalid_routes: desired
-                .checks
-                .iter()
-                .filter(|(_, c)| !c.is_valid())
-                .map(|(n, _)| n.clone())
-                .collect(),
-            rulesets: desired
-                .rulesets
-                .iter()
-                .map(|r| (r.id, r.routes.iter().cloned().collect()))
-                .collect(),
-            round_error,
-            issues: c.issues.iter().map(ToString::to_string).collect(),
-            conflicts: c.conflicts.iter().map(ToString::to_string).collect(),
-            pods: desired
-                .pods
-                .iter()
-                .map(|(uid, p)| {
-                    let o = outcomes.get(uid);
-                    PodReport {
-                        pod: p.view.key().to_string(),
-                        uid: uid.clone(),
-                        ruleset: p.ruleset,
-                        routes: p.routes.iter().cloned().collect(),
-                        managed: o.map(|o| o.managed.clone()).unwrap_or_default(),
-                        skipped: o.map(|o| o.skipped.clone()).unwrap_or_default(),
-                        failure: o.and_then(|o| o.failure.clone()),
-                    }
+    ) -> StatusFile {
+        let c = self.dp.as_ref().expect("dataplane present").applied();
+        let mut r = StatusFile::new(Mode::Kubernetes, self.round).with_applied(c);
+        r.node = Some(self.cfg.node_name.clone());
+        r.ready = !health.degraded();
+        r.routes = desired.routes.iter().map(|r| r.name.clone()).collect();
+        r.invalid_routes = desired
+            .checks
+            .iter()
+            .filter(|(_, c)| !c.is_valid())
+            .map(|(n, _)| n.clone())
+            .collect();
+        r.rulesets = desired
+            .rulesets
+            .iter()
+            .map(|r| (r.id, r.routes.iter().cloned().collect()))
+            .collect();
+        r.compile_error = round_error;
+        r.pods = desired
+            .pods
+            .iter()
+            .map(|(uid, p)| {
+                let mut report = outcomes.get(uid).cloned().unwrap_or_else(|| PodReport {
+                    pod: p.view.key().to_string(),
+                    uid: uid.clone(),
+                    ..PodReport::default()
+                });
+                report.ruleset = p.ruleset;
+                report.routes = p.routes.iter().cloned().collect();
+                report
+            })
+            .collect();
+        r.pod_failures = r
+            .pods
+            .iter()
+            .filter_map(|p| {
+                let (namespace, name) = p.namespace_name();
+                Some(PodFailure {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    netns: p.netns.clone().unwrap_or_default(),
+                    error: p.failure.clone()?,
                 })
-                .collect(),
-            watch_errors: health
-                .get()
-                .into_iter()
-                .filter(|(_, h)| h.in_error)
-                .map(|(k, h)| (k.to_string(), h.last_error.unwrap_or_default()))
-                .collect(),
-            cni_errors,
-            debug_events: self.debug.as_ref().map(|d| d.state().clone()),
-        }
-    }
-}
-
-fn write_json(path: &Path, value: &impl Serialize) {
-    let tmp = path.with_extension("tmp");
-    let ok = path
-        .parent()
-        .map(std::fs::create_dir_all)
-        .transpose()
-        .is_ok()
-        && serde_json::to_vec_pretty(value)
-            .ok()
-            .is_some_and(|b| std::fs::write(&tmp, b).is_ok())
-        && std::fs::rename(&tmp, path).is_ok();
-    if !ok {
-        tracing::warn!(path = %path.display(), "cannot write the status file");
+            })
+            .collect();
+        r.watch_errors = health
+            .get()
+            .into_iter()
+            .filter(|(_, h)| h.in_error)
+            .map(|(k, h)| (k.to_string(), h.last_error.unwrap_or_default()))
+            .collect();
+        r.cni_errors = cni_errors;
+        r.debug_events = self.debug.as_ref().map(|d| d.state().clone());
+        r
     }
 }
 

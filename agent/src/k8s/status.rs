@@ -23,7 +23,6 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use super::apply::PodOutcome;
 use super::crd::{
     COND_ACCEPTED, COND_FEATURE_GATES, MAX_ISSUES, MAX_SKIPPED, NodeStatus, REASON_ALL_KNOWN,
     REASON_INVALID_SPEC, REASON_UNKNOWN_FEATURE_GATE, REASON_VALID, RouteCondition,
@@ -32,6 +31,7 @@ use super::crd::{
 use super::desired::{Assignment, Desired, RouteCheck};
 use crate::config::compile::{Compiled, Issue};
 use crate::config::route::{API_VERSION, KIND, Route, RouteStatus};
+use crate::report::PodReport;
 
 /// Prefix of the per-node field manager.
 pub const FIELD_MANAGER_PREFIX: &str = "veer-agent/";
@@ -50,7 +50,7 @@ pub struct RoundView<'a> {
     /// The compilation of this round (`None` when it failed: see `round_error`).
     pub compiled: Option<&'a Compiled>,
     /// Outcomes by pod UID.
-    pub outcomes: &'a BTreeMap<String, PodOutcome>,
+    pub outcomes: &'a BTreeMap<String, PodReport>,
     /// Why this round's rules were not applied, if they were not.
     pub round_error: Option<&'a str>,
 }
@@ -237,14 +237,14 @@ pub fn node_status(name: &str, check: &RouteCheck, round: &RoundView<'_>) -> Nod
         }
         let mut any = false;
         for dev in &devs {
-            if o.managed.iter().any(|m| m == dev) {
+            if o.interfaces.iter().any(|i| &i.name == dev) {
                 any = true;
             } else {
                 let why = o
                     .skipped
                     .iter()
-                    .find(|(i, _)| i == dev)
-                    .map(|(_, r)| r.clone())
+                    .find(|s| &s.iface == dev)
+                    .map(|s| s.reason.clone())
                     .unwrap_or_else(|| format!("interface {dev} is not managed"));
                 skip(format!("{dev}: {why}"));
             }
@@ -391,6 +391,7 @@ mod tests {
     use super::*;
     use crate::config::route::FieldWarning;
     use crate::k8s::desired::{RulesetIds, Snapshot, desired_from_stores};
+    use crate::report::{PodIface, Skipped};
     use std::sync::Arc;
 
     fn check(valid: bool, gates: &[&str]) -> RouteCheck {
@@ -534,14 +535,24 @@ mod tests {
             without_sandbox: ["d".to_string()].into(),
             ..Default::default()
         };
-        let outcome = |uid: &str, managed: &[&str], failure: Option<&str>| PodOutcome {
+        let outcome = |uid: &str, managed: &[&str], failure: Option<&str>| PodReport {
             uid: uid.into(),
-            managed: managed.iter().map(|s| s.to_string()).collect(),
-            skipped: vec![("net1".into(), "the pod has no interface net1".into())],
+            interfaces: managed
+                .iter()
+                .map(|s| PodIface {
+                    name: s.to_string(),
+                    ifindex: None,
+                    slot: None,
+                })
+                .collect(),
+            skipped: vec![Skipped {
+                iface: "net1".into(),
+                reason: "the pod has no interface net1".into(),
+            }],
             failure: failure.map(String::from),
             ..Default::default()
         };
-        let outcomes: BTreeMap<String, PodOutcome> = [
+        let outcomes: BTreeMap<String, PodReport> = [
             ("a".to_string(), outcome("a", &["eth1", "net1"], None)),
             ("b".to_string(), outcome("b", &["eth1"], None)),
             ("c".to_string(), outcome("c", &[], Some("netns gone"))),
