@@ -6,7 +6,9 @@
 //!
 //! What only this layer shows: a label change moves a pod between rulesets (or out of every
 //! Route's selection) while an established steered connection runs, and that connection keeps
-//! its path and source address until it ends; new connections follow the new selection.
+//! its path and source address until it ends; new connections follow the new selection. And
+//! the operator's view is the same in both modes: every read-only CLI command reads a
+//! Kubernetes-mode agent as it reads a standalone one, and the metrics carry the same labels.
 
 use std::{
     fs,
@@ -26,10 +28,11 @@ use veer_agent::{
         K8sConfig,
         testing::{FakeApi, namespace, node, pod, route},
     },
+    metrics::Metrics,
     reconcile::Reconciler,
 };
 use veer_tests::{
-    agent::{AGENT_TIMEOUT, cni_loopback},
+    agent::{AGENT_TIMEOUT, Agent, cni_loopback, route_cr, veer_bin},
     privileged::require_root,
     topology::{Exchanger, Pod, STEERED4, Topology, TopologyOpts, UNSTEERED4},
 };
@@ -43,6 +46,8 @@ struct K8sAgent {
     thread: Option<std::thread::JoinHandle<()>>,
     api: FakeApi,
     status_file: PathBuf,
+    /// The metrics the loop records into (not served: read with `encode`).
+    metrics: Arc<Metrics>,
     root: PathBuf,
     tmp: PathBuf,
 }
@@ -59,6 +64,8 @@ impl K8sAgent {
         for d in ["cni", "netns"] {
             fs::create_dir_all(tmp.join(d)).expect("create directories");
         }
+        // Before the CNI result file, so the pod's attach latency is measured.
+        let metrics = Metrics::new(&root);
         let container = format!("{:0>64}", std::process::id());
         fs::write(
             tmp.join("cni").join(format!("cni-loopback-{container}-lo")),
@@ -70,6 +77,7 @@ impl K8sAgent {
         cfg.netns_dir = tmp.join("netns");
         cfg.status_file = Some(tmp.join("status.json"));
         cfg.resync = Duration::from_millis(500);
+        cfg.metrics = Some(metrics.clone());
         let status_file = tmp.join("status.json");
 
         let (api_tx, api_rx) = std::sync::mpsc::channel();
@@ -110,6 +118,7 @@ impl K8sAgent {
             thread: Some(thread),
             api,
             status_file,
+            metrics,
             root,
             tmp,
         }
@@ -288,4 +297,229 @@ fn a_pod_no_route_selects_any_more_keeps_its_established_steered_connection_then
     env.agent.wait_pod("pod released", |q| {
         q["interfaces"].as_array().is_none_or(Vec::is_empty)
     });
+}
+
+/// Runs the `veer` CLI against the pins under `root` and the status file `status_file`:
+/// `args` is a `-o json` command; returns its parsed output.
+fn cli(root: &Path, status_file: &Path, args: &[&str]) -> Value {
+    let mut c = std::process::Command::new(veer_bin());
+    c.arg("--bpffs-root").arg(root).args(args);
+    if args[0] != "stats" {
+        c.arg("--status-file").arg(status_file);
+    }
+    let out = c.output().expect("run veer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "veer {args:?} failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("veer {args:?}: {e}\n{stdout}"))
+}
+
+/// The read-only commands, each with `-o json`, by name.
+fn read_only_commands(root: &Path, status_file: &Path) -> Vec<(&'static str, Value)> {
+    let dst = STEERED4.to_string();
+    let trace = [
+        "trace",
+        "--pod",
+        "default/web-0",
+        "--dst",
+        &dst,
+        "--proto",
+        "tcp",
+        "-o",
+        "json",
+    ];
+    vec![
+        ("status", cli(root, status_file, &["status", "-o", "json"])),
+        ("maps", cli(root, status_file, &["maps", "-o", "json"])),
+        ("flows", cli(root, status_file, &["flows", "-o", "json"])),
+        ("trace", cli(root, status_file, &trace)),
+        ("stats", cli(root, status_file, &["stats", "-o", "json"])),
+    ]
+}
+
+/// Where `a` and `b` differ in shape: an object's keys, a value's JSON type, an array's
+/// elements (compared by their first). A null matches anything (an absent optional value).
+fn shape_differences(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Null, _) | (_, Value::Null) => {}
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, v) in x {
+                match y.get(k) {
+                    Some(w) => shape_differences(&format!("{path}.{k}"), v, w, out),
+                    None => out.push(format!("{path}.{k}: only in Kubernetes mode")),
+                }
+            }
+            for k in y.keys().filter(|k| !x.contains_key(*k)) {
+                out.push(format!("{path}.{k}: only in standalone mode"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            if let (Some(v), Some(w)) = (x.first(), y.first()) {
+                shape_differences(&format!("{path}[0]"), v, w, out);
+            }
+        }
+        (Value::Bool(_), Value::Bool(_))
+        | (Value::Number(_), Value::Number(_))
+        | (Value::String(_), Value::String(_)) => {}
+        _ => out.push(format!("{path}: {a} vs {b}")),
+    }
+}
+
+/// What the operator reads about the pod and its rule: the same in both modes.
+fn provenance(outputs: &[(&str, Value)]) -> Value {
+    let get = |name: &str| &outputs.iter().find(|(n, _)| *n == name).expect(name).1;
+    let status = get("status");
+    let pod = status["pods"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["pod"] == "default/web-0"))
+        .unwrap_or_else(|| panic!("veer status lists default/web-0: {status:#}"));
+    let ifaces: Vec<&Value> = pod["interfaces"]
+        .as_array()
+        .map(|i| i.iter().map(|i| &i["name"]).collect())
+        .unwrap_or_default();
+    let rules: Vec<Value> = get("maps")["rules"]
+        .as_array()
+        .expect("maps rules")
+        .iter()
+        .map(|r| json!([r["prefix"], r["route"], r["entry"], r["dev"]]))
+        .collect();
+    let t = get("trace");
+    json!({
+        "pod": pod["pod"],
+        "pod_has_cookie": pod["netns_cookie"].is_u64(),
+        "pod_routes": pod["routes"],
+        "interfaces": ifaces,
+        "routes": status["routes"].as_array().map(|r| r.iter().map(|r| json!([r["name"], r["applied"]])).collect::<Vec<_>>()),
+        "rules": rules,
+        "trace": [t["verdict"], t["matched"]["prefix"], t["matched"]["route"], t["out_interface"]["name"]],
+        // The steered connection's outgoing entry: its pod and interface.
+        "steered_flow": get("flows")
+            .as_array()
+            .expect("flows")
+            .iter()
+            .find(|f| f["direction"] == "out" && f["dst"] == STEERED4.to_string())
+            .map(|f| json!([f["pod"], f["dev"], f["kind"]])),
+    })
+}
+
+/// One sample of `name` with every label in `labels` (`(key, value)`), from OpenMetrics text.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let (lbl, value) = match rest.strip_prefix('{') {
+            Some(r) => r.rsplit_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        labels
+            .iter()
+            .all(|(k, v)| lbl.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+#[test]
+fn the_cli_and_the_metrics_read_a_kubernetes_agent_as_they_read_a_standalone_one() {
+    const T: &str = "the_cli_and_the_metrics_read_a_kubernetes_agent_as_they_read_a_standalone_one";
+    if !require_root(T) {
+        return;
+    }
+    let topo = Topology::build(TopologyOpts::default());
+    let p = topo.pod0();
+
+    let (k8s, k8s_metrics) = {
+        let agent = K8sAgent::start(p, json!({"app": "web"}), &[steering_route("steer", "web")]);
+        agent.wait_pod("pod managed with eth0 and eth1", |q| {
+            q["interfaces"].as_array().is_some_and(|m| m.len() == 2)
+        });
+        let stream = steered_stream(p);
+        let out = read_only_commands(&agent.root, &agent.status_file);
+        drop(stream);
+        (out, agent.metrics.encode())
+    };
+
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("its address")
+    };
+    let mut agent = Agent::new().with_metrics_address(metrics_addr);
+    agent.write_routes(&route_cr("steer", &[("172.16.10.0/24", "eth1")], &[]));
+    agent.add_pod("default", "web-0", &p.path());
+    agent.start();
+    agent.wait_pod_managed(&p.path(), &["eth0", "eth1"]);
+    let stream = steered_stream(p);
+    let standalone = read_only_commands(&agent.bpffs_root, &agent.status_file);
+    drop(stream);
+    let standalone_metrics = scrape(metrics_addr);
+
+    let mut diffs = Vec::new();
+    for ((name, a), (_, b)) in k8s.iter().zip(&standalone) {
+        shape_differences(name, a, b, &mut diffs);
+    }
+    assert!(
+        diffs.is_empty(),
+        "the CLI's JSON differs between the modes:\n{}",
+        diffs.join("\n")
+    );
+    let (pk, ps) = (provenance(&k8s), provenance(&standalone));
+    assert_eq!(pk, ps, "pod and rule provenance differ between the modes");
+    assert_eq!(pk["trace"][0], "steer", "{pk:#}");
+    assert_eq!(pk["pod_has_cookie"], true, "{pk:#}");
+    assert_eq!(pk["steered_flow"][0], "default/web-0", "{pk:#}");
+
+    // Per-rule counters labelled from the rule index, round and attach metrics recorded.
+    for (mode, text) in [
+        ("Kubernetes", &k8s_metrics),
+        ("standalone", &standalone_metrics),
+    ] {
+        let labels = [
+            ("route", "steer"),
+            ("entry", "spec.route[0]"),
+            ("dev", "eth1"),
+        ];
+        let packets = sample(text, "veer_rule_packets_total", &labels);
+        assert!(
+            packets.is_some_and(|n| n > 0.0),
+            "veer_rule_packets_total{labels:?} in {mode} mode: {packets:?}\n{text}"
+        );
+        for name in [
+            "veer_reconcile_rounds_total",
+            "veer_reconcile_duration_seconds_count",
+            "veer_pod_attach_latency_seconds_count",
+            "veer_pods_managed",
+        ] {
+            let v = sample(text, name, &[]);
+            assert!(v.is_some_and(|n| n > 0.0), "{name} in {mode} mode: {v:?}");
+        }
+    }
+}
+
+/// The agent's `/metrics` (HTTP/1.0), waiting for the endpoint to come up.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + AGENT_TIMEOUT;
+    loop {
+        let got = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(
+            |mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+                let mut text = String::new();
+                s.read_to_string(&mut text)?;
+                Ok(text)
+            },
+        );
+        match got {
+            Ok(t) => {
+                return t
+                    .split_once("\r\n\r\n")
+                    .map(|(_, b)| b.to_string())
+                    .unwrap_or(t);
+            }
+            Err(e) => assert!(Instant::now() < deadline, "scraping {addr}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
