@@ -12,12 +12,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use aya::maps::lpm_trie::Key;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use veer_agent::{
     cli::{
-        self, Snapshot,
+        self,
         flows::{self as cli_flows},
         index::RuleIndex,
         maps::{self as cli_maps, MapsReport},
@@ -28,13 +27,11 @@ use veer_agent::{
     debug::{DebugRequest, DebugState, format_unix, unix_now},
     error_chain,
     lpm::RefRules,
-    maps::Maps,
+    maps::{self as agent_maps, Maps, Snapshot},
     metrics::{self, Metrics},
     report::{PodReport, StatusError, StatusFile},
 };
-use veer_common::{
-    DIR_OUT, FAMILY_V4, IFACE_F_V4, IFACE_F_V6, RULESET_BITS, Rule4Key, Rule6Key, paths, stats,
-};
+use veer_common::{DIR_OUT, FAMILY_V4, IFACE_F_V4, IFACE_F_V6, paths, stats};
 
 /// veer steers pod egress between a pod's networks (e.g. Calico eth0 and OVN eth1) with TC eBPF
 /// programs inside each pod's network namespace.
@@ -391,7 +388,7 @@ fn flow_rows(
             pods: &pods,
             index: cx.index.as_ref().ok(),
             config: &config,
-            now_ns: cli::monotonic_ns(),
+            now_ns: agent_maps::monotonic_coarse_ns(),
         },
     )
 }
@@ -441,26 +438,8 @@ fn cmd_trace(
     // The kernel's own longest-prefix match (a full-length key).
     let live = ruleset.map(|rs| {
         let r = match dst {
-            std::net::IpAddr::V4(a) => maps.rules4.get(
-                &Key::new(
-                    RULESET_BITS + 32,
-                    Rule4Key {
-                        ruleset_be: rs.to_be(),
-                        addr: a.octets(),
-                    },
-                ),
-                0,
-            ),
-            std::net::IpAddr::V6(a) => maps.rules6.get(
-                &Key::new(
-                    RULESET_BITS + 128,
-                    Rule6Key {
-                        ruleset_be: rs.to_be(),
-                        addr: a.octets(),
-                    },
-                ),
-                0,
-            ),
+            std::net::IpAddr::V4(a) => maps.rules4.get(&agent_maps::host_key4(rs, a), 0),
+            std::net::IpAddr::V6(a) => maps.rules6.get(&agent_maps::host_key6(rs, a), 0),
         };
         r.ok()
     });

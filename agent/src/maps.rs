@@ -1,13 +1,21 @@
 //! Typed views of veer's maps, from a freshly loaded object or from the pins (the CLI reads the
-//! pins so it works while the agent is down).
+//! pins so it works while the agent is down), and the user-space side of their rules: decoding
+//! trie keys into prefixes, reading the maps into rows ([`Snapshot`]), flow-key addresses
+//! ([`addr16`]), the datapath's clock ([`monotonic_coarse_ns`]) and the read-modify-write of the
+//! configuration entry ([`Maps::set_debug_flag`]). The rules the datapath shares (key layouts,
+//! timeouts, reverse keys) are in `veer_common`; `cli` only renders what this module decodes.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use veer_common::{
-    Config, FlowKey, FlowValue, IfaceInfo, IfaceKey, RULESET_BITS, Rule4Key, Rule6Key, RuleStats,
-    RuleValue, maps as names, paths, stats,
+    Config, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, IfaceInfo, IfaceKey, Rule4Key, Rule6Key,
+    RuleStats, RuleValue, maps as names, paths, stats,
 };
 
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -114,28 +122,258 @@ impl Maps {
             bytes: a.bytes + s.bytes,
         }))
     }
+
+    /// The configuration entry as stored (an entry never written is all zeros: every default,
+    /// debug off; see [`Config::timeout_s`]).
+    pub fn config_entry(&self) -> Result<Config, MapsError> {
+        self.config.get(&0, 0).map_err(|source| MapsError::Map {
+            name: names::CONFIG,
+            source,
+        })
+    }
+
+    /// Sets or clears `CFG_F_DEBUG` in `VEER_CONFIG_V1` by read-modify-write: every other field
+    /// (an operator's timeouts) is written back as read. Returns whether the entry was written
+    /// (not when the flag already had that value).
+    pub fn set_debug_flag(&mut self, on: bool) -> Result<bool, MapsError> {
+        let current = self.config_entry()?;
+        if current.debug() == on {
+            return Ok(false);
+        }
+        self.config
+            .set(0, current.with_debug(on), 0)
+            .map_err(|source| MapsError::Map {
+                name: names::CONFIG,
+                source,
+            })?;
+        Ok(true)
+    }
 }
 
-/// The trie key of an IPv4 rule `net` in `ruleset`.
+/// The trie key of an IPv4 rule `net` in `ruleset` (host bits cleared).
 pub fn rule4_key(ruleset: u32, net: Ipv4Net) -> Key<Rule4Key> {
     let net = net.trunc();
     Key::new(
-        RULESET_BITS + u32::from(net.prefix_len()),
-        Rule4Key {
-            ruleset_be: ruleset.to_be(),
-            addr: net.addr().octets(),
-        },
+        Rule4Key::prefix_len(net.prefix_len()),
+        Rule4Key::new(ruleset, net.addr().octets()),
     )
 }
 
-/// The trie key of an IPv6 rule `net` in `ruleset`.
+/// The trie key of an IPv6 rule `net` in `ruleset` (host bits cleared).
 pub fn rule6_key(ruleset: u32, net: Ipv6Net) -> Key<Rule6Key> {
     let net = net.trunc();
     Key::new(
-        RULESET_BITS + u32::from(net.prefix_len()),
-        Rule6Key {
-            ruleset_be: ruleset.to_be(),
-            addr: net.addr().octets(),
-        },
+        Rule6Key::prefix_len(net.prefix_len()),
+        Rule6Key::new(ruleset, net.addr().octets()),
     )
+}
+
+/// The full-length key of one address in `ruleset`: what the datapath looks up (the kernel's
+/// longest-prefix match answers it).
+pub fn host_key4(ruleset: u32, a: Ipv4Addr) -> Key<Rule4Key> {
+    Key::new(
+        Rule4Key::HOST_PREFIX_LEN,
+        Rule4Key::new(ruleset, a.octets()),
+    )
+}
+
+/// See [`host_key4`].
+pub fn host_key6(ruleset: u32, a: Ipv6Addr) -> Key<Rule6Key> {
+    Key::new(
+        Rule6Key::HOST_PREFIX_LEN,
+        Rule6Key::new(ruleset, a.octets()),
+    )
+}
+
+/// (ruleset, prefix) of an IPv4 trie key; `None` for a key no agent writes (prefix length
+/// outside the ruleset + address bits).
+pub fn decode_rule4(k: &Key<Rule4Key>) -> Option<(u32, Ipv4Net)> {
+    let len = Rule4Key::addr_prefix_len(k.prefix_len())?;
+    let d = k.data();
+    Ipv4Net::new(d.addr.into(), len)
+        .ok()
+        .map(|n| (d.ruleset(), n))
+}
+
+/// See [`decode_rule4`].
+pub fn decode_rule6(k: &Key<Rule6Key>) -> Option<(u32, Ipv6Net)> {
+    let len = Rule6Key::addr_prefix_len(k.prefix_len())?;
+    let d = k.data();
+    Ipv6Net::new(d.addr.into(), len)
+        .ok()
+        .map(|n| (d.ruleset(), n))
+}
+
+/// One live entry of a rule trie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRule {
+    pub ruleset: u32,
+    pub prefix: IpNet,
+    pub value: RuleValue,
+}
+
+fn map_err(name: &'static str) -> impl Fn(MapError) -> MapsError {
+    move |source| MapsError::Map { name, source }
+}
+
+/// Every entry of both rule tries.
+pub fn read_rules(maps: &Maps) -> Result<Vec<LiveRule>, MapsError> {
+    let mut out = Vec::new();
+    for r in maps.rules4.iter() {
+        let (k, value) = r.map_err(map_err(names::RULES4))?;
+        if let Some((ruleset, n)) = decode_rule4(&k) {
+            out.push(LiveRule {
+                ruleset,
+                prefix: IpNet::V4(n),
+                value,
+            });
+        }
+    }
+    for r in maps.rules6.iter() {
+        let (k, value) = r.map_err(map_err(names::RULES6))?;
+        if let Some((ruleset, n)) = decode_rule6(&k) {
+            out.push(LiveRule {
+                ruleset,
+                prefix: IpNet::V6(n),
+                value,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The decoded contents of the pinned maps.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub rules: Vec<LiveRule>,
+    pub ifaces: Vec<(IfaceKey, IfaceInfo)>,
+    pub flows: Vec<(FlowKey, FlowValue)>,
+    pub stats: Vec<u64>,
+    /// The configuration entry as stored (zero fields: defaults).
+    pub config: Config,
+}
+
+impl Snapshot {
+    /// Reads every map (flows can be skipped: the table may hold 65 536 entries).
+    pub fn read(maps: &Maps, with_flows: bool) -> Result<Self, MapsError> {
+        let mut rules = read_rules(maps)?;
+        rules.sort_by_key(|r| (r.ruleset, r.prefix));
+        let mut ifaces = Vec::new();
+        for r in maps.ifaces.iter() {
+            ifaces.push(r.map_err(map_err(names::IFACES))?);
+        }
+        ifaces.sort_by_key(|(k, v)| (v.netns_cookie, k.ifindex));
+        let mut flows = Vec::new();
+        if with_flows {
+            for r in maps.flows.iter() {
+                match r {
+                    Ok(kv) => flows.push(kv),
+                    // An LRU entry can vanish between listing and lookup.
+                    Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(names::FLOWS)(e)),
+                }
+            }
+        }
+        Ok(Self {
+            rules,
+            ifaces,
+            flows,
+            stats: maps.stats_totals()?.to_vec(),
+            config: maps.config_entry()?,
+        })
+    }
+
+    /// Distinct non-zero rule ids referenced by the tries.
+    pub fn rule_ids(&self) -> BTreeSet<u32> {
+        self.rules
+            .iter()
+            .map(|r| r.value.rule_id)
+            .filter(|id| *id != 0)
+            .collect()
+    }
+}
+
+/// An address stored in 16 bytes (IPv4 in the first four), as in flow keys and values.
+pub fn addr16(v4: bool, b: &[u8; 16]) -> IpAddr {
+    if v4 {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*b))
+    }
+}
+
+/// The family ([`FAMILY_V4`]/[`FAMILY_V6`]) and 16-byte form of `a`: the inverse of [`addr16`].
+pub fn to_addr16(a: IpAddr) -> (u8, [u8; 16]) {
+    match a {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (FAMILY_V4, b)
+        }
+        IpAddr::V6(a) => (FAMILY_V6, a.octets()),
+    }
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`, which
+/// stamps `FlowValue::last_seen_ns` and `created_ns`.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn trie_keys_truncate_and_decode_to_the_prefix() {
+        let k = rule4_key(3, "10.1.2.3/8".parse().unwrap());
+        assert_eq!(k.prefix_len(), 40);
+        assert_eq!(k.data().addr, [10, 0, 0, 0]);
+        assert_eq!(decode_rule4(&k), Some((3, "10.0.0.0/8".parse().unwrap())));
+        let h = host_key6(1, "fd00::1".parse().unwrap());
+        assert_eq!(decode_rule6(&h), Some((1, "fd00::1/128".parse().unwrap())));
+        let bad = Key::new(20, Rule4Key::new(3, [10, 0, 0, 0]));
+        assert_eq!(decode_rule4(&bad), None, "ruleset bits incomplete");
+    }
+
+    #[test]
+    fn the_clock_is_the_coarse_monotonic_one() {
+        let a = monotonic_coarse_ns();
+        assert!(a > 0);
+        assert!(monotonic_coarse_ns() >= a);
+    }
+
+    proptest! {
+        #[test]
+        fn rule4_key_decodes_to_its_truncated_prefix(
+            rs in any::<u32>(), a in any::<u32>(), len in 0u8..=32
+        ) {
+            let net = Ipv4Net::new(Ipv4Addr::from(a), len).unwrap();
+            prop_assert_eq!(decode_rule4(&rule4_key(rs, net)), Some((rs, net.trunc())));
+        }
+
+        #[test]
+        fn rule6_key_decodes_to_its_truncated_prefix(
+            rs in any::<u32>(), a in any::<u128>(), len in 0u8..=128
+        ) {
+            let net = Ipv6Net::new(Ipv6Addr::from(a), len).unwrap();
+            prop_assert_eq!(decode_rule6(&rule6_key(rs, net)), Some((rs, net.trunc())));
+        }
+
+        #[test]
+        fn addr16_round_trips(v4 in any::<u32>(), v6 in any::<u128>()) {
+            for a in [IpAddr::from(Ipv4Addr::from(v4)), IpAddr::from(Ipv6Addr::from(v6))] {
+                let (family, b) = to_addr16(a);
+                prop_assert_eq!(addr16(family == FAMILY_V4, &b), a);
+            }
+        }
+    }
 }

@@ -148,7 +148,7 @@ impl Collector for MapCollector {
             &[(vec![], 1i64)],
         )?;
         let index = self.0.index();
-        let rules = cli::read_rules(&maps).unwrap_or_default();
+        let rules = crate::maps::read_rules(&maps).unwrap_or_default();
         // Per-rule counters, labelled from the rule index.
         let by_id = index
             .as_deref()
@@ -262,14 +262,9 @@ impl Collector for MapCollector {
             "Entries over capacity of each map (0..1).",
             &ratio,
         )?;
-        // `veer debug on` sets the flag once the debug programs are in (an unset configuration,
-        // zero timeouts, means the defaults: off).
-        let debug = maps
-            .config
-            .get(&0, 0)
-            .ok()
-            .filter(|c| c.other_timeout_s != 0)
-            .is_some_and(|c| c.flags & veer_common::CFG_F_DEBUG != 0);
+        // `veer debug on` sets the flag once the debug programs are in (an unset entry is all
+        // zeros: off).
+        let debug = maps.config_entry().is_ok_and(|c| c.debug());
         gauge(
             &mut enc,
             "veer_debug_events_enabled",

@@ -218,10 +218,8 @@ impl Reconciler {
                 key: "rules4".into(),
                 source,
             })?;
-            let len = k.prefix_len().saturating_sub(veer_common::RULESET_BITS) as u8;
-            let d = k.data();
-            if let Ok(n) = ipnet::Ipv4Net::new(d.addr.into(), len) {
-                out.insert((u32::from_be(d.ruleset_be), IpNet::V4(n)), v);
+            if let Some((rs, n)) = crate::maps::decode_rule4(&k) {
+                out.insert((rs, IpNet::V4(n)), v);
             }
         }
         for r in self.maps.rules6.iter() {
@@ -230,10 +228,8 @@ impl Reconciler {
                 key: "rules6".into(),
                 source,
             })?;
-            let len = k.prefix_len().saturating_sub(veer_common::RULESET_BITS) as u8;
-            let d = k.data();
-            if let Ok(n) = ipnet::Ipv6Net::new(d.addr.into(), len) {
-                out.insert((u32::from_be(d.ruleset_be), IpNet::V6(n)), v);
+            if let Some((rs, n)) = crate::maps::decode_rule6(&k) {
+                out.insert((rs, IpNet::V6(n)), v);
             }
         }
         Ok(out)
@@ -313,23 +309,12 @@ impl Reconciler {
         if self.tombstones.is_empty() {
             return Ok(());
         }
-        let cfg = self
-            .maps
-            .config
-            .get(&0, 0)
-            .ok()
-            .filter(|c| c.other_timeout_s != 0)
-            .unwrap_or(veer_common::Config::DEFAULT);
-        let now = monotonic_coarse_ns();
+        let cfg = self.maps.config_entry().unwrap_or_default();
+        let now = crate::maps::monotonic_coarse_ns();
         let mut live: Vec<(u32, IpAddr)> = Vec::new();
         let mut dead: Vec<FlowKey> = Vec::new();
         for (k, v, daddr) in self.steered_out_flows() {
-            let timeout_s = match v.state {
-                veer_common::ST_SYN => cfg.tcp_syn_timeout_s,
-                veer_common::ST_EST => cfg.tcp_est_timeout_s,
-                veer_common::ST_CLOSING => cfg.tcp_close_timeout_s,
-                _ => cfg.other_timeout_s,
-            };
+            let timeout_s = cfg.timeout_s(v.state);
             // One second of slack: the datapath refreshes `last_seen_ns` at most once a second.
             if now.saturating_sub(v.last_seen_ns) > (u64::from(timeout_s) + 1) * 1_000_000_000 {
                 dead.push(k);
@@ -339,15 +324,10 @@ impl Reconciler {
         }
         for k in dead {
             if let Ok(v) = self.maps.flows.get(&k, 0) {
-                let rev = FlowKey {
-                    saddr: k.daddr,
-                    daddr: v.addr,
-                    sport: k.dport,
-                    dport: k.sport,
-                    dir: veer_common::DIR_IN,
-                    ..k
-                };
-                let _ = self.maps.flows.remove(&rev);
+                let _ = self
+                    .maps
+                    .flows
+                    .remove(&k.reverse(v.addr, veer_common::DIR_IN));
             }
             let _ = self.maps.flows.remove(&k);
         }
@@ -638,7 +618,7 @@ impl Reconciler {
             .filter_map(Result::ok)
             .filter(|(k, v)| k.dir == veer_common::DIR_OUT && v.kind == veer_common::FLOW_STEER)
             .map(|(k, v)| {
-                let daddr = crate::cli::addr16(k.family == veer_common::FAMILY_V4, &k.daddr);
+                let daddr = crate::maps::addr16(k.family == veer_common::FAMILY_V4, &k.daddr);
                 (k, v, daddr)
             })
     }
@@ -1014,35 +994,8 @@ pub fn base_from_live(fresh: &Compiled, live: &BTreeMap<(u32, IpNet), RuleValue>
 
 /// Sets or clears `CFG_F_DEBUG` in `VEER_CONFIG_V1`, keeping the other settings.
 fn write_debug_flag(maps: &mut Maps, on: bool) -> Result<(), ReconcileError> {
-    // An unset configuration (zero timeouts) means the defaults, debug off.
-    let current = maps
-        .config
-        .get(&0, 0)
-        .ok()
-        .filter(|c| c.other_timeout_s != 0);
-    if current.is_some_and(|c| c.flags & veer_common::CFG_F_DEBUG != 0) == on {
-        return Ok(());
-    }
-    let mut cfg = current.unwrap_or(veer_common::Config::DEFAULT);
-    cfg.flags ^= veer_common::CFG_F_DEBUG;
-    maps.config
-        .set(0, cfg, 0)
-        .map_err(|source| ReconcileError::Write {
-            what: "configuration",
-            key: "0".into(),
-            source,
-        })
-}
-
-/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`.
-fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    maps.set_debug_flag(on)?;
+    Ok(())
 }
 
 /// A pod interface's addresses as flow-key bytes (IPv4 in the first four).

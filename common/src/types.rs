@@ -48,6 +48,56 @@ const _: () = assert!(size_of::<Rule6Key>() == 20);
 /// Width of the ruleset id in the trie keys, in bits.
 pub const RULESET_BITS: u32 = 32;
 
+/// The trie-key rules of [`Rule4Key`] and [`Rule6Key`], defined once for both families: how a
+/// (ruleset, address prefix) becomes the key's data and `prefix_len`, and back.
+macro_rules! rule_key {
+    ($t:ident, $n:literal) => {
+        impl $t {
+            /// Address bits of this family.
+            pub const ADDR_BITS: u32 = $n * 8;
+            /// `prefix_len` of a full-length key (one address): the key the datapath looks up.
+            pub const HOST_PREFIX_LEN: u32 = RULESET_BITS + Self::ADDR_BITS;
+
+            /// The key data of `addr` (network order) in `ruleset` (host order). The trie
+            /// ignores bits past `prefix_len`, but entries should be written with them zero (a
+            /// truncated prefix) so that one prefix has one key.
+            #[inline(always)]
+            pub const fn new(ruleset: u32, addr: [u8; $n]) -> Self {
+                Self {
+                    ruleset_be: ruleset.to_be(),
+                    addr,
+                }
+            }
+
+            /// The ruleset id, host order.
+            #[inline(always)]
+            pub const fn ruleset(&self) -> u32 {
+                u32::from_be(self.ruleset_be)
+            }
+
+            /// The key's `prefix_len` for an address prefix of `len` bits.
+            #[inline(always)]
+            pub const fn prefix_len(len: u8) -> u32 {
+                RULESET_BITS + len as u32
+            }
+
+            /// The address prefix length of a key's `prefix_len`: `None` when it does not
+            /// cover the whole ruleset id or is longer than an address (no such entry is
+            /// ever written).
+            #[inline(always)]
+            pub const fn addr_prefix_len(prefix_len: u32) -> Option<u8> {
+                if prefix_len < RULESET_BITS || prefix_len > Self::HOST_PREFIX_LEN {
+                    None
+                } else {
+                    Some((prefix_len - RULESET_BITS) as u8)
+                }
+            }
+        }
+    };
+}
+rule_key!(Rule4Key, 4);
+rule_key!(Rule6Key, 16);
+
 /// Value of a rule trie entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -174,6 +224,50 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 48);
 
+impl FlowKey {
+    /// The key of a packet's tuple in direction `dir` (`zone` and padding zero). Addresses and
+    /// ports in network order, as in the packet; IPv4 addresses in the first 4 bytes.
+    #[inline(always)]
+    pub const fn new(
+        family: u8,
+        proto: u8,
+        saddr: [u8; 16],
+        daddr: [u8; 16],
+        sport: u16,
+        dport: u16,
+        dir: u8,
+    ) -> Self {
+        Self {
+            zone: 0,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            family,
+            dir,
+            _pad: 0,
+        }
+    }
+
+    /// The key of the other direction of this tuple, in direction `dir`: packets from this
+    /// key's destination back to `to` (ports swapped). For a steered flow's outgoing key, `to`
+    /// is the translated source (`FlowValue::addr`) and `dir` [`DIR_IN`]: the key its replies
+    /// arrive with on the target. For a plain swap (a reply's own flow), `to` is `self.saddr`.
+    #[inline(always)]
+    pub const fn reverse(&self, to: [u8; 16], dir: u8) -> Self {
+        Self::new(
+            self.family,
+            self.proto,
+            self.daddr,
+            to,
+            self.dport,
+            self.sport,
+            dir,
+        )
+    }
+}
+
 /// [`FlowValue::kind`]: outgoing packets of this flow are translated and redirected.
 pub const FLOW_STEER: u8 = 1;
 /// [`FlowValue::kind`]: this flow is left as the kernel routes it (inbound connection, or a
@@ -238,8 +332,12 @@ const _: () = assert!(size_of::<RuleStats>() == 16);
 /// [`Config::flags`]: emit debug events.
 pub const CFG_F_DEBUG: u32 = 1;
 
-/// Value of the single entry of `VEER_CONFIG_V1`. A zero timeout means "use the default"
-/// from [`Config::DEFAULT`].
+/// Value of the single entry of `VEER_CONFIG_V1`.
+///
+/// Each timeout field is read on its own: **0 means that field's default** (from
+/// [`Config::DEFAULT`]), whatever the other fields hold, so an entry of all zeros (the array's
+/// initial value) is "all defaults, debug off". [`Config::timeout_s`] is the one definition of
+/// that rule; the datapath, the agent and the CLI all use it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Config {
@@ -268,6 +366,223 @@ impl Config {
         other_timeout_s: 60,
         _pad: [0; 3],
     };
+
+    /// The default idle timeout of a flow in `state` (`ST_*`), seconds.
+    #[inline(always)]
+    pub const fn default_timeout_s(state: u8) -> u32 {
+        match state {
+            ST_SYN => Self::DEFAULT.tcp_syn_timeout_s,
+            ST_EST => Self::DEFAULT.tcp_est_timeout_s,
+            ST_CLOSING => Self::DEFAULT.tcp_close_timeout_s,
+            _ => Self::DEFAULT.other_timeout_s,
+        }
+    }
+
+    /// The configured field for `state` as stored (0 = default), read in place: one field,
+    /// chosen by a branch and read with a volatile load, so the compiler cannot turn the choice
+    /// into a computed offset into the value (the eBPF verifier cannot bound one into a map
+    /// value).
+    #[inline(always)]
+    pub fn configured_timeout_s(&self, state: u8) -> u32 {
+        // SAFETY: each pointer is a field of `self`, valid and aligned for a read.
+        unsafe {
+            match state {
+                ST_SYN => core::ptr::read_volatile(&self.tcp_syn_timeout_s),
+                ST_EST => core::ptr::read_volatile(&self.tcp_est_timeout_s),
+                ST_CLOSING => core::ptr::read_volatile(&self.tcp_close_timeout_s),
+                _ => core::ptr::read_volatile(&self.other_timeout_s),
+            }
+        }
+    }
+
+    /// The idle timeout in force for a flow in `state` (`ST_*`), seconds: the state's field,
+    /// or its default when that field is 0.
+    #[inline(always)]
+    pub fn timeout_s(&self, state: u8) -> u32 {
+        match self.configured_timeout_s(state) {
+            0 => Self::default_timeout_s(state),
+            s => s,
+        }
+    }
+
+    /// This configuration with every zero timeout replaced by its default (what is in force).
+    pub fn effective(&self) -> Self {
+        Self {
+            flags: self.flags,
+            tcp_syn_timeout_s: self.timeout_s(ST_SYN),
+            tcp_est_timeout_s: self.timeout_s(ST_EST),
+            tcp_close_timeout_s: self.timeout_s(ST_CLOSING),
+            other_timeout_s: self.timeout_s(ST_NONE),
+            _pad: [0; 3],
+        }
+    }
+
+    /// Whether debug events are switched on ([`CFG_F_DEBUG`]).
+    #[inline(always)]
+    pub fn debug(&self) -> bool {
+        self.flags & CFG_F_DEBUG != 0
+    }
+
+    /// This configuration with [`CFG_F_DEBUG`] set or cleared and every other field as it is
+    /// (the read-modify-write that keeps an operator's timeouts).
+    pub const fn with_debug(self, on: bool) -> Self {
+        Self {
+            flags: if on {
+                self.flags | CFG_F_DEBUG
+            } else {
+                self.flags & !CFG_F_DEBUG
+            },
+            ..self
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const STATES: [u8; 4] = [ST_NONE, ST_SYN, ST_EST, ST_CLOSING];
+
+    #[test]
+    fn an_all_zero_entry_means_every_default() {
+        let z = Config::default();
+        for st in STATES {
+            assert_eq!(z.timeout_s(st), Config::DEFAULT.timeout_s(st), "state {st}");
+        }
+        assert_eq!(z.effective(), Config::DEFAULT);
+        assert_eq!(Config::DEFAULT.effective(), Config::DEFAULT);
+        assert!(!z.debug());
+    }
+
+    /// The documented recipe: established TCP to 1 h, every other field zero.
+    #[test]
+    fn one_field_set_changes_only_its_state_and_zero_fields_keep_their_defaults() {
+        let c = Config {
+            tcp_est_timeout_s: 3600,
+            ..Config::default()
+        };
+        assert_eq!(c.timeout_s(ST_EST), 3600);
+        assert_eq!(c.timeout_s(ST_SYN), 60);
+        assert_eq!(c.timeout_s(ST_CLOSING), 10);
+        assert_eq!(c.timeout_s(ST_NONE), 60);
+        // Unknown states follow the "other" timeout, as the datapath does.
+        assert_eq!(c.timeout_s(200), 60);
+        let c = Config {
+            other_timeout_s: 5,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.timeout_s(ST_EST),
+            21_600,
+            "a set other_timeout_s enables nothing else"
+        );
+        assert_eq!(c.timeout_s(ST_NONE), 5);
+    }
+
+    #[test]
+    fn debug_flag_read_modify_write_keeps_the_timeouts() {
+        let operator = Config {
+            tcp_est_timeout_s: 3600,
+            ..Config::default()
+        };
+        let on = operator.with_debug(true);
+        assert!(on.debug());
+        assert_eq!(on.tcp_est_timeout_s, 3600);
+        assert_eq!(on.other_timeout_s, 0, "a zero field stays zero (default)");
+        assert_eq!(on.with_debug(false), operator);
+    }
+
+    #[test]
+    fn trie_prefix_lengths_count_the_ruleset_bits() {
+        assert_eq!(Rule4Key::prefix_len(8), 40);
+        assert_eq!(Rule4Key::HOST_PREFIX_LEN, 64);
+        assert_eq!(Rule6Key::HOST_PREFIX_LEN, 160);
+        assert_eq!(
+            Rule4Key::addr_prefix_len(31),
+            None,
+            "ruleset bits incomplete"
+        );
+        assert_eq!(
+            Rule4Key::addr_prefix_len(65),
+            None,
+            "longer than an address"
+        );
+        assert_eq!(Rule6Key::addr_prefix_len(160), Some(128));
+        let k = Rule4Key::new(3, [10, 0, 0, 0]);
+        assert_eq!(
+            k.ruleset_be,
+            3u32.to_be(),
+            "ruleset stored in network order"
+        );
+        assert_eq!(k.ruleset(), 3);
+    }
+
+    fn key() -> impl Strategy<Value = FlowKey> {
+        (
+            prop_oneof![Just(FAMILY_V4), Just(FAMILY_V6)],
+            any::<u8>(),
+            any::<[u8; 16]>(),
+            any::<[u8; 16]>(),
+            any::<u16>(),
+            any::<u16>(),
+            prop_oneof![Just(DIR_OUT), Just(DIR_IN)],
+        )
+            .prop_map(|(f, p, s, d, sp, dp, dir)| FlowKey::new(f, p, s, d, sp, dp, dir))
+    }
+
+    proptest! {
+        #[test]
+        fn config_timeout_is_the_field_or_its_default(
+            f in any::<[u32; 4]>(), st in any::<u8>()
+        ) {
+            let c = Config {
+                flags: 0,
+                tcp_syn_timeout_s: f[0],
+                tcp_est_timeout_s: f[1],
+                tcp_close_timeout_s: f[2],
+                other_timeout_s: f[3],
+                _pad: [0; 3],
+            };
+            let (field, default) = match st {
+                ST_SYN => (f[0], 60),
+                ST_EST => (f[1], 21_600),
+                ST_CLOSING => (f[2], 10),
+                _ => (f[3], 60),
+            };
+            prop_assert_eq!(c.configured_timeout_s(st), field);
+            prop_assert_eq!(c.timeout_s(st), if field == 0 { default } else { field });
+            prop_assert_eq!(c.effective().timeout_s(st), c.timeout_s(st));
+        }
+
+        #[test]
+        fn reverse_swaps_the_ends_and_reversing_twice_restores_the_key(k in key(), to in any::<[u8; 16]>()) {
+            let other = if k.dir == DIR_OUT { DIR_IN } else { DIR_OUT };
+            let r = k.reverse(to, other);
+            prop_assert_eq!((r.saddr, r.daddr, r.sport, r.dport), (k.daddr, to, k.dport, k.sport));
+            prop_assert_eq!((r.proto, r.family, r.dir, r.zone, r._pad), (k.proto, k.family, other, 0, 0));
+            // Reversing the reply key gives the translated outgoing tuple: source `to`.
+            let back = r.reverse(r.saddr, k.dir);
+            prop_assert_eq!(back, FlowKey { saddr: to, ..k });
+            // A plain swap (replies to the packet's own source) is an involution.
+            let swap = |x: &FlowKey, d| x.reverse(x.saddr, d);
+            prop_assert_eq!(swap(&swap(&k, other), k.dir), k);
+        }
+
+        #[test]
+        fn rule_key_prefix_len_round_trips(len4 in 0u8..=32, len6 in 0u8..=128) {
+            prop_assert_eq!(Rule4Key::addr_prefix_len(Rule4Key::prefix_len(len4)), Some(len4));
+            prop_assert_eq!(Rule6Key::addr_prefix_len(Rule6Key::prefix_len(len6)), Some(len6));
+        }
+
+        #[test]
+        fn rule_key_ruleset_round_trips(rs in any::<u32>(), a in any::<[u8; 4]>()) {
+            let k = Rule4Key::new(rs, a);
+            prop_assert_eq!((k.ruleset(), k.addr), (rs, a));
+            prop_assert_eq!(Rule6Key::new(rs, [7; 16]).ruleset(), rs);
+        }
+    }
 }
 
 #[cfg(feature = "user")]

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use veer_common::{
     Config, DIR_IN, DIR_OUT, FAMILY_V4, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER, FlowKey, FlowValue,
     IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, MAX_SLOTS,
-    RULE_F_TOMBSTONE, RULE_F_VIA, RULESET_BITS, Rule4Key, Rule6Key, RuleValue, ST_CLOSING, ST_EST,
-    ST_NONE, ST_SYN, stats,
+    RULE_F_TOMBSTONE, RULE_F_VIA, Rule4Key, Rule6Key, RuleValue, ST_CLOSING, ST_EST, ST_NONE,
+    ST_SYN, is_never_steered, stats,
 };
 
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
     },
     packet::{
         ETH_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Pkt, TCP_ACK, TCP_FIN,
-        TCP_RST, TCP_SYN, is_special_dst, parse, parse_inner, read,
+        TCP_RST, TCP_SYN, parse, parse_inner, read,
     },
     rewrite::{clamp_mss, redirect_ingress, redirect_neigh, set_addr, set_inner_saddr},
 };
@@ -44,21 +44,12 @@ fn now_ns() -> u64 {
 fn lookup_rule(ruleset: u32, family: u8, addr: &[u8; 16]) -> Option<&'static RuleValue> {
     if family == FAMILY_V4 {
         let key = Key::new(
-            RULESET_BITS + 32,
-            Rule4Key {
-                ruleset_be: ruleset.to_be(),
-                addr: [addr[0], addr[1], addr[2], addr[3]],
-            },
+            Rule4Key::HOST_PREFIX_LEN,
+            Rule4Key::new(ruleset, [addr[0], addr[1], addr[2], addr[3]]),
         );
         VEER_RULES4_V1.get(&key)
     } else {
-        let key = Key::new(
-            RULESET_BITS + 128,
-            Rule6Key {
-                ruleset_be: ruleset.to_be(),
-                addr: *addr,
-            },
-        );
+        let key = Key::new(Rule6Key::HOST_PREFIX_LEN, Rule6Key::new(ruleset, *addr));
         VEER_RULES6_V1.get(&key)
     }
 }
@@ -73,74 +64,22 @@ fn iface(ifindex: u32, mac: [u8; 6]) -> Option<&'static IfaceInfo> {
 
 #[inline(always)]
 fn flow_key(p: &Pkt, dir: u8) -> FlowKey {
-    FlowKey {
-        zone: 0,
-        saddr: p.saddr,
-        daddr: p.daddr,
-        sport: p.sport,
-        dport: p.dport,
-        proto: p.proto,
-        family: p.family,
-        dir,
-        _pad: 0,
-    }
+    FlowKey::new(p.family, p.proto, p.saddr, p.daddr, p.sport, p.dport, dir)
 }
 
-/// The key of the other direction of `k` (replies of a flow, or the flow a reply belongs to).
-#[inline(always)]
-fn reverse(k: &FlowKey, saddr: [u8; 16], dir: u8) -> FlowKey {
-    FlowKey {
-        zone: 0,
-        saddr: k.daddr,
-        daddr: saddr,
-        sport: k.dport,
-        dport: k.sport,
-        proto: k.proto,
-        family: k.family,
-        dir,
-        _pad: 0,
-    }
-}
-
-#[inline(always)]
-fn timeout_ns(cfg: &Config, state: u8) -> u64 {
-    let s = match state {
-        ST_SYN => cfg.tcp_syn_timeout_s,
-        ST_EST => cfg.tcp_est_timeout_s,
-        ST_CLOSING => cfg.tcp_close_timeout_s,
-        _ => cfg.other_timeout_s,
-    };
-    s as u64 * NS_PER_S
-}
-
-/// The idle timeout of a flow in `state` from the configuration entry, reading that one field
-/// in place. Volatile reads keep the compiler from turning the choice into a computed offset
-/// into the map value, which the verifier cannot bound.
-#[inline(always)]
-fn configured_timeout_s(c: &Config, state: u8) -> u32 {
-    // SAFETY: each pointer is a field of a live map value.
-    unsafe {
-        match state {
-            ST_SYN => core::ptr::read_volatile(&c.tcp_syn_timeout_s),
-            ST_EST => core::ptr::read_volatile(&c.tcp_est_timeout_s),
-            ST_CLOSING => core::ptr::read_volatile(&c.tcp_close_timeout_s),
-            _ => core::ptr::read_volatile(&c.other_timeout_s),
-        }
-    }
-}
-
-/// Whether a flow entry has idled out. Reads only the one timeout it needs from the
-/// configuration entry (defaults when the agent has written none), without copying the entry.
+/// Whether a flow entry has idled out, by [`Config::timeout_s`] (each zero field of the
+/// configuration entry is that field's default). Reads only the one timeout field it needs, in
+/// place, without copying the entry.
 #[inline(always)]
 fn expired(f: &FlowValue, now: u64) -> bool {
     if now <= f.last_seen_ns {
         return false;
     }
-    let timeout = match VEER_CONFIG_V1.get(0) {
-        Some(c) if c.other_timeout_s != 0 => configured_timeout_s(c, f.state) as u64 * NS_PER_S,
-        _ => timeout_ns(&Config::DEFAULT, f.state),
+    let timeout_s = match VEER_CONFIG_V1.get(0) {
+        Some(c) => c.timeout_s(f.state),
+        None => Config::default_timeout_s(f.state),
     };
-    now - f.last_seen_ns > timeout
+    now - f.last_seen_ns > timeout_s as u64 * NS_PER_S
 }
 
 /// Records a packet of the flow: TCP state and, at most once a second, the last-seen time
@@ -227,7 +166,7 @@ fn macs(ctx: &TcContext) -> Result<([u8; 6], [u8; 6]), u32> {
 pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
     let p = parse(ctx)?;
     let (dst_mac, src_mac) = macs(ctx)?;
-    if dst_mac[0] & 1 != 0 || is_special_dst(&p) {
+    if dst_mac[0] & 1 != 0 || is_never_steered(p.family, &p.daddr) {
         return Ok(Verdict::pass(stats::PASS_MCAST));
     }
     // The pod answering a ping, or reporting an error: never steered.
@@ -261,7 +200,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
                 // TCP state changes), check that its reply entry is still there: the pair is
                 // created and deleted together, so a missing half was evicted by the LRU. It is
                 // counted and restored (replies are translated again), so counted once.
-                let rev_key = reverse(&key, f.addr, DIR_IN);
+                let rev_key = key.reverse(f.addr, DIR_IN);
                 // SAFETY: read-only presence check.
                 if refreshed && unsafe { VEER_FLOWS_V1.get(&rev_key) }.is_none() {
                     count(stats::FLOW_HALF_EVICTED);
@@ -295,7 +234,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
             p.proto
         );
         if f.kind == FLOW_STEER {
-            let _ = VEER_FLOWS_V1.remove(&reverse(&key, f.addr, DIR_IN));
+            let _ = VEER_FLOWS_V1.remove(&key.reverse(f.addr, DIR_IN));
         }
         let _ = VEER_FLOWS_V1.remove(&key);
         count(stats::FLOW_EXPIRED);
@@ -367,7 +306,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
     // Replies arrive on the target with the translated tuple. If that tuple already belongs to
     // someone else (a native socket on the target's address, or another translated flow), the
     // replies could not be told apart: do not steer this flow.
-    let rev_key = reverse(&key, new_src, DIR_IN);
+    let rev_key = key.reverse(new_src, DIR_IN);
     // One value on the stack, filled as the reverse entry first, then turned into the
     // outgoing one (the BPF stack is 512 bytes).
     let mut v = FlowValue {
@@ -435,7 +374,7 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
 pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
     let p = parse(ctx)?;
     let (dst_mac, _) = macs(ctx)?;
-    if dst_mac[0] & 1 != 0 || is_special_dst(&p) {
+    if dst_mac[0] & 1 != 0 || is_never_steered(p.family, &p.daddr) {
         return Ok(Verdict::pass(stats::PASS_MCAST));
     }
     if p.icmp_error != 0 {
@@ -474,7 +413,7 @@ pub fn try_ingress(ctx: &TcContext) -> Result<Verdict, u32> {
     // rule covers the peer, so pin the reply direction as native. (TCP needs no entry: replies
     // of inbound connections are never SYNs, which alone start steering.)
     if p.proto == IPPROTO_UDP {
-        let out_key = reverse(&key, p.saddr, DIR_OUT);
+        let out_key = key.reverse(p.saddr, DIR_OUT);
         // SAFETY: read-only presence check.
         if unsafe { VEER_FLOWS_V1.get(&out_key) }.is_none() {
             // SAFETY: reading a field of the program's own context.
@@ -513,17 +452,11 @@ fn icmp_error(ctx: &TcContext, p: &Pkt) -> Result<Verdict, u32> {
     if i.saddr != p.daddr {
         return Ok(Verdict::pass(stats::PASS_INGRESS));
     }
-    let key = FlowKey {
-        zone: 0,
-        saddr: i.daddr,
-        daddr: i.saddr,
-        sport: i.dport,
-        dport: i.sport,
-        proto: i.proto,
-        family: p.family,
-        dir: DIR_IN,
-        _pad: 0,
-    };
+    // The quoted packet is one we sent (translated); its flow's reply key is its reverse.
+    let key = FlowKey::new(
+        p.family, i.proto, i.saddr, i.daddr, i.sport, i.dport, DIR_OUT,
+    )
+    .reverse(i.saddr, DIR_IN);
     // SAFETY: read-only look-up; the value is copied.
     let Some(f) = (unsafe { VEER_FLOWS_V1.get(&key) }) else {
         return Ok(Verdict::pass(stats::PASS_INGRESS));

@@ -8,15 +8,15 @@
 //! Stack: the egress program uses most of the 512-byte BPF stack already, so events keep to a
 //! few arguments (each literal piece, hint and value of a format string is a field on the stack).
 
-/// Whether debug events are switched on: `CFG_F_DEBUG` in the configuration entry (none
-/// written, or one with a zero `other_timeout_s`: the defaults, debug off), read in place
-/// rather than copied onto the stack.
+/// Whether debug events are switched on: [`veer_common::Config::debug`] of the configuration
+/// entry (an entry never written is all zeros: debug off), read in place rather than copied
+/// onto the stack.
 #[cfg(feature = "debug-log")]
 #[inline(always)]
 pub fn enabled() -> bool {
     match crate::maps::VEER_CONFIG_V1.get(0) {
-        Some(c) if c.other_timeout_s != 0 => c.flags & veer_common::CFG_F_DEBUG != 0,
-        _ => false,
+        Some(c) => c.debug(),
+        None => false,
     }
 }
 

@@ -182,21 +182,6 @@ pub fn parse(ctx: &TcContext) -> Result<Pkt, u32> {
     Ok(p)
 }
 
-/// Destinations never steered: multicast, broadcast, link-local, unspecified.
-#[inline(always)]
-pub fn is_special_dst(p: &Pkt) -> bool {
-    let d = &p.daddr;
-    if p.family == FAMILY_V4 {
-        d[0] >= 224 || (d[0] == 169 && d[1] == 254) || d[0] == 0 || d[0] == 127
-    } else {
-        d[0] == 0xff || (d[0] == 0xfe && (d[1] & 0xc0) == 0x80) || d == &[0u8; 16] || {
-            let mut lo = [0u8; 16];
-            lo[15] = 1;
-            d == &lo
-        }
-    }
-}
-
 /// The inner packet of an ICMP error, as needed to find the flow it is about.
 pub struct Inner {
     /// Offset of the inner source address.

@@ -24,9 +24,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use veer_agent::maps::Maps;
-use veer_common::{IfaceInfo, IfaceKey, RULESET_BITS, RuleValue, paths};
+use veer_common::{IfaceInfo, IfaceKey, RuleValue, paths};
 
 use crate::topology::Pod;
 
@@ -409,17 +409,13 @@ pub fn rules(maps: &Maps) -> BTreeMap<(u32, IpNet), RuleValue> {
     let mut out = BTreeMap::new();
     for r in maps.rules4.iter() {
         let (k, v) = r.expect("reading VEER_RULES4_V1");
-        let len = (k.prefix_len() - RULESET_BITS) as u8;
-        let d = k.data();
-        let net = Ipv4Net::new(d.addr.into(), len).expect("prefix");
-        out.insert((u32::from_be(d.ruleset_be), IpNet::V4(net)), v);
+        let (rs, net) = veer_agent::maps::decode_rule4(&k).expect("prefix");
+        out.insert((rs, IpNet::V4(net)), v);
     }
     for r in maps.rules6.iter() {
         let (k, v) = r.expect("reading VEER_RULES6_V1");
-        let len = (k.prefix_len() - RULESET_BITS) as u8;
-        let d = k.data();
-        let net = Ipv6Net::new(d.addr.into(), len).expect("prefix");
-        out.insert((u32::from_be(d.ruleset_be), IpNet::V6(net)), v);
+        let (rs, net) = veer_agent::maps::decode_rule6(&k).expect("prefix");
+        out.insert((rs, IpNet::V6(net)), v);
     }
     out
 }

@@ -13,12 +13,9 @@ use aya::maps::PerCpuValues;
 use ipnet::IpNet;
 use serde_json::Value;
 use veer_agent::{
-    cli::{
-        index::{IndexEntry, RuleIndex, SlotName},
-        monotonic_ns,
-    },
+    cli::index::{IndexEntry, RuleIndex, SlotName},
     dataplane::Dataplane,
-    maps::{Maps, rule4_key, rule6_key},
+    maps::{Maps, monotonic_coarse_ns, rule4_key, rule6_key},
     report::{Mode, PodIface, PodReport, StatusFile},
 };
 use veer_common::{
@@ -206,7 +203,7 @@ fn populate(maps: &mut Maps) {
     maps.ifaces
         .insert(IfaceKey::new(3, ETH1_MAC), eth1, 0)
         .unwrap();
-    let now = monotonic_ns();
+    let now = monotonic_coarse_ns();
     let out = FlowKey {
         saddr: v4([10, 0, 0, 5]),
         daddr: v4([10, 86, 1, 2]),
@@ -230,14 +227,7 @@ fn populate(maps: &mut Maps) {
         created_ns: now - 30_000_000_000,
         ..Default::default()
     };
-    let back = FlowKey {
-        saddr: out.daddr,
-        daddr: v4([10, 124, 2, 5]),
-        sport: out.dport,
-        dport: out.sport,
-        dir: DIR_IN,
-        ..out
-    };
+    let back = out.reverse(v4([10, 124, 2, 5]), DIR_IN);
     let revnat = FlowValue {
         kind: FLOW_REVNAT,
         ifindex: 2,

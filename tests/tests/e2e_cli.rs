@@ -10,17 +10,18 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::Command,
     time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
+use veer_common::{DIR_OUT, FLOW_STEER, FlowKey, FlowValue, ST_EST, maps as names, paths, stats};
 use veer_tests::{
     agent::{self, Agent, Json, veer_bin},
     privileged::require_root,
     seed::{self, Seed},
-    topology::{Pod, STEERED4, SVC_ETH1_4, Topology, UNSTEERED4},
+    topology::{PORT, Pod, STEERED4, SVC_ETH1_4, Topology, UNSTEERED4},
 };
 
 /// The name of the OVN interface: the seed's own.
@@ -411,6 +412,11 @@ fn veer_debug_switches_ebpf_events_on_and_off_at_runtime_without_restart_or_deta
     .collect();
     let exchanger = veer_tests::topology::Exchanger::start(streams);
 
+    // An operator's timeout, written as docs/operations.md says (established TCP 1 h, every
+    // other field zero): switching debug events on and off must keep it (read-modify-write).
+    bpftool_config_recipe(&env, 3600);
+    assert_eq!(cli_config(&env), (false, [60, 3600, 10, 60]));
+
     // Off by default: the production programs emit nothing.
     env.traffic(STEERED4.into());
     assert_eq!(
@@ -436,6 +442,11 @@ fn veer_debug_switches_ebpf_events_on_and_off_at_runtime_without_restart_or_deta
         "every link runs a new program: before {links0:?}, after {links1:?}"
     );
     assert!(config_debug(&env, metrics), "CFG_F_DEBUG not set while on");
+    assert_eq!(
+        cli_config(&env),
+        (true, [60, 3600, 10, 60]),
+        "the operator's timeouts are kept by `veer debug on`"
+    );
     let status = env.cli(&["status", "-o", "json"]);
     assert_eq!(
         status.get("debug_events").get("on"),
@@ -482,6 +493,11 @@ fn veer_debug_switches_ebpf_events_on_and_off_at_runtime_without_restart_or_deta
         !config_debug(&env, metrics),
         "CFG_F_DEBUG still set after off"
     );
+    assert_eq!(
+        cli_config(&env),
+        (false, [60, 3600, 10, 60]),
+        "the operator's timeouts are kept by `veer debug off`"
+    );
     // Give the reader a moment to pass on anything still in the ring, then nothing more comes.
     std::thread::sleep(Duration::from_millis(500));
     let events = new_flow_events(&env.agent.log_text());
@@ -503,4 +519,172 @@ fn veer_debug_switches_ebpf_events_on_and_off_at_runtime_without_restart_or_deta
     assert_eq!(env.agent.pid(), Some(pid), "the agent restarted");
     let v = env.cli(&["debug", "status", "-o", "json"]);
     assert_eq!(v.get("requested_on"), &Json::Bool(false), "{v:?}");
+}
+
+/// Writes `VEER_CONFIG_V1` exactly as docs/operations.md ("`VEER_CONFIG_V1`") does: `bpftool map
+/// update pinned $M/VEER_CONFIG_V1 key 0 0 0 0 value hex …`, little-endian u32s, `flags` first,
+/// established TCP set to `tcp_est_timeout_s`, every other field zero.
+fn bpftool_config_recipe(env: &Env, tcp_est_timeout_s: u32) {
+    let pin = env
+        .agent
+        .bpffs_root
+        .join(paths::MAPS_DIR)
+        .join(names::CONFIG);
+    let mut value = [0u8; 32];
+    value[8..12].copy_from_slice(&tcp_est_timeout_s.to_le_bytes());
+    let hex: Vec<String> = value.iter().map(|b| format!("{b:02x}")).collect();
+    let out = veer_tests::programs::command("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&pin)
+        .args(["key", "0", "0", "0", "0", "value", "hex"])
+        .args(&hex)
+        .output()
+        .expect("run bpftool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "bpftool map update: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `veer maps -o json`'s configuration: (debug, syn, established, close, other).
+fn cli_config(env: &Env) -> (bool, [u64; 4]) {
+    let v = env.cli(&["maps", "-o", "json"]);
+    let c = v.get("config");
+    let n = |k: &str| {
+        c.get(k)
+            .as_u64()
+            .unwrap_or_else(|| panic!("config.{k}: {c:?}"))
+    };
+    let debug = match c.get("debug") {
+        Json::Bool(b) => *b,
+        other => panic!("config.debug: {other:?}"),
+    };
+    (
+        debug,
+        [
+            n("tcp_syn_timeout_s"),
+            n("tcp_est_timeout_s"),
+            n("tcp_close_timeout_s"),
+            n("other_timeout_s"),
+        ],
+    )
+}
+
+/// The pod's outgoing steered flow entry from local port `sport` with protocol `proto`.
+fn steered_out(env: &Env, proto: u8, sport: u16) -> Option<(FlowKey, FlowValue)> {
+    env.agent
+        .maps()
+        .flows
+        .iter()
+        .filter_map(Result::ok)
+        .find(|(k, v)| {
+            k.dir == DIR_OUT
+                && v.kind == FLOW_STEER
+                && k.proto == proto
+                && u16::from_be(k.sport) == sport
+        })
+}
+
+/// docs/operations.md's bpftool recipe for `VEER_CONFIG_V1` (one timeout set, every other field
+/// zero), end to end: `veer maps` shows the set field and the defaults of the zero ones, and
+/// the datapath applies the same rule. An established steered TCP connection idle past the
+/// new 2 s timeout (far below the 6 h default) is expired at its next segment (counted
+/// `flow_expired`, its entry removed); a UDP flow idle as long keeps its pinned entry (its
+/// field is zero: the 60 s default). A datapath that ignored the entry unless
+/// `other_timeout_s` was set keeps the TCP flow pinned, and fails here.
+#[test]
+fn documented_config_recipe_sets_one_timeout_and_the_datapath_expires_idle_flows_by_it() {
+    if !require_root(
+        "documented_config_recipe_sets_one_timeout_and_the_datapath_expires_idle_flows_by_it",
+    ) {
+        return;
+    }
+    let env = Env::new(None);
+    let pod = env.pod();
+    bpftool_config_recipe(&env, 2);
+    assert_eq!(
+        cli_config(&env),
+        (false, [60, 2, 10, 60]),
+        "veer maps config"
+    );
+
+    // A steered TCP connection (established) and a steered UDP flow, both from fixed ports.
+    let mut tcp = pod
+        .echo(STEERED4.into())
+        .expect("connect to the echo server");
+    assert_eq!(
+        pod.iface_of(tcp.seen),
+        Some("eth1"),
+        "the stream is steered"
+    );
+    tcp.roundtrip(b"before").expect("echo before the idle time");
+    let tcp_port = tcp.sock.local_addr().expect("local address").port();
+    let udp = pod.in_ns(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind"));
+    udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    udp.connect((STEERED4, PORT)).expect("connect UDP");
+    let udp_port = udp.local_addr().unwrap().port();
+    let udp_seen = |what: &str| -> IpAddr {
+        udp.send(b"veer").expect("send UDP");
+        let mut buf = [0u8; 256];
+        let n = udp
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("UDP reply {what}: {e}"));
+        String::from_utf8_lossy(&buf[..n])
+            .trim()
+            .parse()
+            .expect("server reply")
+    };
+    assert_eq!(pod.iface_of(udp_seen("before")), Some("eth1"));
+    let (_, tcp_flow) = steered_out(&env, 6, tcp_port).expect("steered TCP flow entry");
+    assert_eq!(tcp_flow.state, ST_EST);
+    let (_, udp_flow) = steered_out(&env, 17, udp_port).expect("steered UDP flow entry");
+
+    // Idle past 2 s plus the datapath's 1 s last-seen granularity.
+    std::thread::sleep(Duration::from_millis(3500));
+    let flows = env.cli(&["flows", "-o", "json"]);
+    let row = flows
+        .items()
+        .iter()
+        .find(|r| {
+            r.get("direction").as_str() == Some("out")
+                && r.get("sport").as_u64() == Some(u64::from(tcp_port))
+        })
+        .unwrap_or_else(|| panic!("veer flows has no row for :{tcp_port}: {flows:?}"));
+    assert_eq!(row.get("expired"), &Json::Bool(true), "veer flows: {row:?}");
+
+    let expired_before =
+        env.agent.maps().stats_totals().expect("stats")[stats::FLOW_EXPIRED as usize];
+    // The next segment finds the entry idle past its timeout: the flow is decided again, and
+    // a segment that is not a SYN is never re-steered (the connection is lost, as any
+    // connection idle past its timeout is).
+    tcp.sock
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let _ = tcp.roundtrip(b"after");
+    let expired_after =
+        env.agent.maps().stats_totals().expect("stats")[stats::FLOW_EXPIRED as usize];
+    assert!(
+        expired_after > expired_before,
+        "the idle established flow was not expired by the 2 s timeout ({expired_before} → \
+         {expired_after}); counters {:?}",
+        seed::nonzero_counters(&env.agent.maps())
+    );
+    assert!(
+        steered_out(&env, 6, tcp_port).is_none(),
+        "the expired TCP flow's entry is gone"
+    );
+
+    // The UDP flow's timeout field is zero: the default (60 s) applies, the entry stays.
+    assert_eq!(
+        pod.iface_of(udp_seen("after")),
+        Some("eth1"),
+        "UDP still steered"
+    );
+    let (_, udp_now) = steered_out(&env, 17, udp_port).expect("UDP flow entry kept");
+    assert_eq!(
+        udp_now.created_ns, udp_flow.created_ns,
+        "the UDP flow is the same entry (not expired and re-created)"
+    );
+    assert_eq!(cli_config(&env), (false, [60, 2, 10, 60]));
 }

@@ -938,15 +938,9 @@ fn full_flow_table_evicts_least_recently_used_flows_and_keeps_steering_new_ones(
                 k.daddr[..4].copy_from_slice(&d.octets());
             }
             // The reply entry: from the server to eth1's address.
-            let mut r = FlowKey {
-                saddr: k.daddr,
-                sport: k.dport,
-                dport: k.sport,
-                dir: DIR_IN,
-                ..k
-            };
-            r.daddr = [0; 16];
-            r.daddr[..4].copy_from_slice(&h.eth1.v4.octets());
+            let mut eth1 = [0u8; 16];
+            eth1[..4].copy_from_slice(&h.eth1.v4.octets());
+            let r = k.reverse(eth1, DIR_IN);
             (k, r)
         };
         // (outgoing entry present, reply entry present); userspace look-ups do not mark LRU

@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use veer_common::{
     Config, DIR_IN, DIR_OUT, FAMILY_V4, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER, FlowKey, FlowValue,
-    ST_CLOSING, ST_EST, ST_SYN, stats,
+    ST_CLOSING, ST_EST, ST_NONE, ST_SYN, stats,
 };
 use veer_tests::{harness::*, ns::in_fresh_netns, packet::*, privileged::require_root};
 
@@ -665,6 +665,82 @@ fn closed_flows_idle_out_and_are_decided_again() {
             flow(h, DIR_IN, FLOW_REVNAT).is_empty(),
             "reverse entry removed with it"
         );
+    });
+}
+
+/// `VEER_CONFIG_V1` as docs/operations.md writes it: one timeout set, every other field zero.
+/// The set field applies to its state; each zero field is its own default (a datapath that
+/// ignored the entry unless `other_timeout_s` was set kept the established flow for 6 h).
+#[test]
+fn one_timeout_set_with_the_other_fields_zero_expires_that_state_only() {
+    with_harness("per-field-timeout", |h| {
+        let cfg = Config {
+            tcp_est_timeout_s: 1,
+            ..Config::default()
+        };
+        h.maps.config.set(0, cfg, 0).unwrap();
+        h.rule("172.16.10.0/24", 1, 1, None);
+        let (pod, srv) = (a("10.244.1.5"), a("172.16.10.7"));
+        h.egress(h.eth0.ifindex, &tcp_frame(pod, srv, 40040, 80, SYN, &[]));
+        h.egress(h.eth0.ifindex, &tcp_frame(pod, srv, 40040, 80, ACK, &[]));
+        let udp = udp_frame(pod, srv, 40041, 53, false);
+        assert_eq!(h.egress(h.eth0.ifindex, &udp).ret, TC_ACT_REDIRECT);
+        let st: Vec<_> = flow(h, DIR_OUT, FLOW_STEER)
+            .into_iter()
+            .map(|(_, v)| v.state)
+            .collect();
+        assert_eq!(st.len(), 2);
+        assert!(st.contains(&ST_EST) && st.contains(&ST_NONE), "{st:?}");
+        // Idle past the established timeout (1 s, plus the 1 s last-seen granularity), far
+        // below every default.
+        std::thread::sleep(Duration::from_millis(2300));
+        let before = h.stats();
+        let ack = tcp_frame(pod, srv, 40040, 80, ACK, &[]);
+        let r = h.egress(h.eth0.ifindex, &ack);
+        assert_eq!(
+            (r.ret, &r.out),
+            (TC_ACT_OK, &ack),
+            "the idle established flow expired: an unpinned segment keeps the kernel path"
+        );
+        let d = Harness::delta(&before, &h.stats());
+        assert!(d.contains(&("flow_expired", 1)), "{d:?}");
+        assert!(d.contains(&("pass_tcp_unpinned", 1)), "{d:?}");
+        // The UDP flow idled as long, but its timeout field is zero: the 60 s default holds.
+        let before = h.stats();
+        let r = h.egress(h.eth0.ifindex, &udp);
+        assert_eq!(r.ret, TC_ACT_REDIRECT, "UDP flow still pinned");
+        let d = Harness::delta(&before, &h.stats());
+        assert!(d.contains(&("steer_pinned", 1)), "{d:?}");
+        assert!(!d.iter().any(|(n, _)| *n == "flow_expired"), "{d:?}");
+        let left: Vec<_> = flow(h, DIR_OUT, FLOW_STEER)
+            .into_iter()
+            .map(|(k, _)| k.proto)
+            .collect();
+        assert_eq!(left, vec![17], "only the UDP flow is left");
+    });
+}
+
+/// `veer debug on|off` writes the configuration entry by read-modify-write: an operator's
+/// timeouts (zero fields included) survive it byte for byte.
+#[test]
+fn debug_flag_switching_keeps_the_operator_timeouts() {
+    with_harness("debug-flag-rmw", |h| {
+        let operator = Config {
+            tcp_est_timeout_s: 3600,
+            ..Config::default()
+        };
+        h.maps.config.set(0, operator, 0).unwrap();
+        assert!(h.maps.set_debug_flag(true).unwrap(), "written");
+        let on = h.maps.config_entry().unwrap();
+        assert!(on.debug());
+        assert_eq!(on, operator.with_debug(true));
+        assert_eq!(on.timeout_s(ST_EST), 3600);
+        assert!(
+            !h.maps.set_debug_flag(true).unwrap(),
+            "already on: not written"
+        );
+        assert!(h.maps.set_debug_flag(false).unwrap());
+        assert_eq!(h.maps.config_entry().unwrap(), operator);
     });
 }
 

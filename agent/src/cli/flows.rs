@@ -9,7 +9,8 @@ use veer_common::{
     IFACE_F_V6, IfaceInfo, IfaceKey, ST_CLOSING, ST_EST, ST_NONE, ST_SYN,
 };
 
-use super::{addr16, index::RuleIndex, maps::ConfigRow, or_dash, proto_name, table};
+use super::{index::RuleIndex, maps::ConfigRow, or_dash, proto_name, table};
+use crate::maps::addr16;
 use crate::report::PodReport;
 
 /// One flow entry, decoded.
@@ -73,15 +74,6 @@ pub fn state_name(s: u8) -> String {
     }
 }
 
-fn timeout_s(c: &ConfigRow, state: u8) -> u32 {
-    match state {
-        ST_SYN => c.tcp_syn_timeout_s,
-        ST_EST => c.tcp_est_timeout_s,
-        ST_CLOSING => c.tcp_close_timeout_s,
-        _ => c.other_timeout_s,
-    }
-}
-
 /// What decoding needs besides the entries.
 pub struct Context<'a> {
     pub ifaces: &'a [(IfaceKey, IfaceInfo)],
@@ -89,7 +81,7 @@ pub struct Context<'a> {
     pub pods: &'a [PodReport],
     pub index: Option<&'a RuleIndex>,
     pub config: &'a ConfigRow,
-    /// `CLOCK_MONOTONIC` now, ns.
+    /// [`crate::maps::monotonic_coarse_ns`] now (the datapath's clock).
     pub now_ns: u64,
 }
 
@@ -112,6 +104,7 @@ pub fn rows(flows: &[(FlowKey, FlowValue)], cx: &Context<'_>) -> Vec<FlowRow> {
         }
     }
     let by_id = cx.index.map(RuleIndex::by_rule_id).unwrap_or_default();
+    let timeout = cx.config.as_config();
     let mut out: Vec<FlowRow> = flows
         .iter()
         .map(|(k, v)| {
@@ -151,7 +144,7 @@ pub fn rows(flows: &[(FlowKey, FlowValue)], cx: &Context<'_>) -> Vec<FlowRow> {
                 state: state_name(v.state),
                 age_s: secs(cx.now_ns, v.created_ns),
                 idle_s,
-                expired: idle_s > f64::from(timeout_s(cx.config, v.state)),
+                expired: idle_s > f64::from(timeout.timeout_s(v.state)),
                 proto: proto_name(k.proto),
                 family: if is4 { "ipv4" } else { "ipv6" },
                 src: addr16(is4, &k.saddr),
@@ -302,14 +295,7 @@ mod tests {
             created_ns: 40 * sec,
             ..Default::default()
         };
-        let back = FlowKey {
-            saddr: out.daddr,
-            daddr: v4([10, 124, 2, 5]),
-            sport: out.dport,
-            dport: out.sport,
-            dir: DIR_IN,
-            ..out
-        };
+        let back = out.reverse(v4([10, 124, 2, 5]), DIR_IN);
         let revnat = FlowValue {
             kind: FLOW_REVNAT,
             state: ST_CLOSING,
@@ -390,5 +376,45 @@ mod tests {
         }
         let text = render(&r);
         assert!(text.contains("10.0.0.5:40000"), "{text}");
+    }
+
+    /// The documented recipe (established TCP 1 h, the rest zero): an established flow idle
+    /// past 1 h is shown expired, a UDP flow idle 30 s is not (its zero field is the default).
+    #[test]
+    fn expired_column_follows_the_per_field_timeout_rule() {
+        let sec = 1_000_000_000u64;
+        let cfg = effective_config(&Config {
+            tcp_est_timeout_s: 3600,
+            ..Config::default()
+        });
+        let k = FlowKey {
+            proto: 6,
+            family: FAMILY_V4,
+            ..Default::default()
+        };
+        let est = FlowValue {
+            kind: FLOW_STEER,
+            state: ST_EST,
+            last_seen_ns: sec,
+            ..Default::default()
+        };
+        let udp = FlowValue {
+            state: ST_NONE,
+            last_seen_ns: 3571 * sec,
+            ..est
+        };
+        let slots = HashMap::new();
+        let cx = Context {
+            ifaces: &[],
+            slots: &slots,
+            pods: &[],
+            index: None,
+            config: &cfg,
+            now_ns: 3602 * sec,
+        };
+        let r = rows(&[(k, est), (FlowKey { proto: 17, ..k }, udp)], &cx);
+        let by_proto = |p: &str| r.iter().find(|x| x.proto == p).unwrap().expired;
+        assert!(by_proto("tcp"), "idle 3601 s > 3600 s");
+        assert!(!by_proto("udp"), "idle 31 s < the 60 s default");
     }
 }

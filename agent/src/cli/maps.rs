@@ -9,7 +9,8 @@ use veer_common::{
     RuleStats,
 };
 
-use super::{LiveRule, human_bytes, index::RuleIndex, index::via_of, mac_str, or_dash, table};
+use super::{human_bytes, index::RuleIndex, index::via_of, mac_str, or_dash, table};
+use crate::maps::LiveRule;
 use crate::report::PodReport;
 
 /// One trie entry, decoded.
@@ -64,7 +65,7 @@ pub struct IfaceRow {
     pub targets: Vec<SlotTarget>,
 }
 
-/// `VEER_CONFIG_V1`, with defaults applied where a field is zero.
+/// `VEER_CONFIG_V1` as in force: each zero field shows its default ([`Config::effective`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfigRow {
     pub debug: bool,
@@ -74,16 +75,33 @@ pub struct ConfigRow {
     pub other_timeout_s: u32,
 }
 
-/// The effective configuration (zero = default).
+/// The effective configuration (each zero field: that field's default).
 pub fn effective_config(c: &Config) -> ConfigRow {
-    let d = Config::DEFAULT;
-    let or = |v: u32, d: u32| if v == 0 { d } else { v };
+    let e = c.effective();
     ConfigRow {
-        debug: c.flags & veer_common::CFG_F_DEBUG != 0,
-        tcp_syn_timeout_s: or(c.tcp_syn_timeout_s, d.tcp_syn_timeout_s),
-        tcp_est_timeout_s: or(c.tcp_est_timeout_s, d.tcp_est_timeout_s),
-        tcp_close_timeout_s: or(c.tcp_close_timeout_s, d.tcp_close_timeout_s),
-        other_timeout_s: or(c.other_timeout_s, d.other_timeout_s),
+        debug: e.debug(),
+        tcp_syn_timeout_s: e.tcp_syn_timeout_s,
+        tcp_est_timeout_s: e.tcp_est_timeout_s,
+        tcp_close_timeout_s: e.tcp_close_timeout_s,
+        other_timeout_s: e.other_timeout_s,
+    }
+}
+
+impl ConfigRow {
+    /// The row as a configuration entry (every field set), to ask [`Config::timeout_s`].
+    pub fn as_config(&self) -> Config {
+        Config {
+            flags: if self.debug {
+                veer_common::CFG_F_DEBUG
+            } else {
+                0
+            },
+            tcp_syn_timeout_s: self.tcp_syn_timeout_s,
+            tcp_est_timeout_s: self.tcp_est_timeout_s,
+            tcp_close_timeout_s: self.tcp_close_timeout_s,
+            other_timeout_s: self.other_timeout_s,
+            _pad: [0; 3],
+        }
     }
 }
 
@@ -387,6 +405,21 @@ mod tests {
         assert_eq!(r.targets[1].mac, "02:00:00:00:00:03");
         let c = effective_config(&Config::default());
         assert_eq!(c.tcp_est_timeout_s, 21_600);
+        // The documented recipe: established TCP set, every other field zero (= default).
+        let recipe = effective_config(&Config {
+            tcp_est_timeout_s: 3600,
+            ..Config::default()
+        });
+        assert_eq!(
+            (
+                recipe.tcp_syn_timeout_s,
+                recipe.tcp_est_timeout_s,
+                recipe.tcp_close_timeout_s,
+                recipe.other_timeout_s
+            ),
+            (60, 3600, 10, 60)
+        );
+        assert_eq!(effective_config(&recipe.as_config()), recipe);
         let text = render(&MapsReport {
             rules: vec![],
             interfaces: vec![r],

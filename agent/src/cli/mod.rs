@@ -1,7 +1,8 @@
 //! The read-only side of the `veer` command: `status`, `maps`, `flows`, `trace`.
 //!
-//! Everything here reads the pinned maps directly ([`Maps::open_pinned`]) plus the agent's status
-//! file and [rule index](index), so it works while the agent is down. Each command builds a
+//! Everything here renders what [`crate::maps`] decodes from the pinned maps
+//! ([`Maps::open_pinned`], [`crate::maps::Snapshot`]) plus the agent's status file and
+//! [rule index](index), so it works while the agent is down. Each command builds a
 //! report struct (its JSON form, `-o json`, has stable field names documented in
 //! `docs/operations.md`) from decoded data with a pure function, then renders it as a table or
 //! JSON; the pure parts are unit-tested without maps.
@@ -13,112 +14,12 @@ pub mod maps;
 pub mod status;
 pub mod trace;
 
-use std::{
-    collections::BTreeSet,
-    fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-};
+use std::{collections::BTreeSet, fmt::Write as _};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
-use veer_common::{
-    Config, FlowKey, FlowValue, IfaceInfo, IfaceKey, RULESET_BITS, RuleValue, maps as names, stats,
-};
+use veer_common::{maps as names, stats};
 
-use crate::maps::{Maps, MapsError};
-
-/// One live entry of a rule trie.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveRule {
-    pub ruleset: u32,
-    pub prefix: IpNet,
-    pub value: RuleValue,
-}
-
-/// The decoded contents of the pinned maps.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub rules: Vec<LiveRule>,
-    pub ifaces: Vec<(IfaceKey, IfaceInfo)>,
-    pub flows: Vec<(FlowKey, FlowValue)>,
-    pub stats: Vec<u64>,
-    pub config: Config,
-}
-
-fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> MapsError {
-    move |source| MapsError::Map { name, source }
-}
-
-impl Snapshot {
-    /// Reads every map (flows can be skipped: the table may hold 65 536 entries).
-    pub fn read(maps: &Maps, with_flows: bool) -> Result<Self, MapsError> {
-        let mut rules = read_rules(maps)?;
-        rules.sort_by_key(|r| (r.ruleset, r.prefix));
-        let mut ifaces = Vec::new();
-        for r in maps.ifaces.iter() {
-            ifaces.push(r.map_err(map_err(names::IFACES))?);
-        }
-        ifaces.sort_by_key(|(k, v)| (v.netns_cookie, k.ifindex));
-        let mut flows = Vec::new();
-        if with_flows {
-            for r in maps.flows.iter() {
-                match r {
-                    Ok(kv) => flows.push(kv),
-                    // An LRU entry can vanish between listing and lookup.
-                    Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(names::FLOWS)(e)),
-                }
-            }
-        }
-        let config = maps.config.get(&0, 0).map_err(map_err(names::CONFIG))?;
-        Ok(Self {
-            rules,
-            ifaces,
-            flows,
-            stats: maps.stats_totals()?.to_vec(),
-            config,
-        })
-    }
-
-    /// Distinct non-zero rule ids referenced by the tries.
-    pub fn rule_ids(&self) -> BTreeSet<u32> {
-        self.rules
-            .iter()
-            .map(|r| r.value.rule_id)
-            .filter(|id| *id != 0)
-            .collect()
-    }
-}
-
-/// Every entry of both rule tries.
-pub fn read_rules(maps: &Maps) -> Result<Vec<LiveRule>, MapsError> {
-    let mut out = Vec::new();
-    for r in maps.rules4.iter() {
-        let (k, value) = r.map_err(map_err(names::RULES4))?;
-        let d = k.data();
-        let len = k.prefix_len().saturating_sub(RULESET_BITS) as u8;
-        if let Ok(n) = Ipv4Net::new(d.addr.into(), len) {
-            out.push(LiveRule {
-                ruleset: u32::from_be(d.ruleset_be),
-                prefix: IpNet::V4(n),
-                value,
-            });
-        }
-    }
-    for r in maps.rules6.iter() {
-        let (k, value) = r.map_err(map_err(names::RULES6))?;
-        let d = k.data();
-        let len = k.prefix_len().saturating_sub(RULESET_BITS) as u8;
-        if let Ok(n) = Ipv6Net::new(d.addr.into(), len) {
-            out.push(LiveRule {
-                ruleset: u32::from_be(d.ruleset_be),
-                prefix: IpNet::V6(n),
-                value,
-            });
-        }
-    }
-    Ok(out)
-}
+use crate::maps::{Maps, MapsError, read_rules};
 
 /// Occupancy of one map.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -198,15 +99,6 @@ pub fn named_counters(totals: &[u64]) -> impl Iterator<Item = (&'static str, u64
         .map(|(n, v)| (*n, v))
 }
 
-/// An address stored in 16 bytes (IPv4 in the first four).
-pub fn addr16(v4: bool, b: &[u8; 16]) -> IpAddr {
-    if v4 {
-        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*b))
-    }
-}
-
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn mac_str(m: &[u8; 6]) -> String {
     let mut s = String::with_capacity(17);
@@ -228,18 +120,6 @@ pub fn proto_name(p: u8) -> String {
         58 => "icmpv6".into(),
         n => n.to_string(),
     }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_coarse_ns` (the coarse variant
-/// lags by at most a tick).
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A plain text table: left-aligned columns separated by two spaces, header first.
@@ -307,9 +187,6 @@ mod tests {
 
     #[test]
     fn decoding_helpers() {
-        let mut b = [0u8; 16];
-        b[..4].copy_from_slice(&[10, 0, 0, 1]);
-        assert_eq!(addr16(true, &b).to_string(), "10.0.0.1");
         assert_eq!(mac_str(&[2, 0, 0, 0, 0xab, 1]), "02:00:00:00:ab:01");
         assert_eq!(proto_name(6), "tcp");
         assert_eq!(proto_name(132), "132");
@@ -323,6 +200,5 @@ mod tests {
         let o = occupancy(3, 0, 1, 65_536, 2);
         assert_eq!(o[3].ratio, 1.0);
         assert_eq!(o[4].capacity, 16_383);
-        assert!(monotonic_ns() > 0);
     }
 }

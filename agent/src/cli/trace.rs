@@ -16,12 +16,13 @@ use std::{
 
 use serde::Serialize;
 use veer_common::{
-    IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, RuleValue, stats,
+    IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, NeverSteered, RuleValue,
+    never_steered, stats,
 };
 
 use super::{flows::FlowRow, index::RuleIndex, index::via_of};
-use crate::lpm::RefRules;
 use crate::report::PodReport;
+use crate::{lpm::RefRules, maps::to_addr16};
 
 /// Protocol of the traced packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -65,41 +66,10 @@ pub fn parse_dst(s: &str) -> Result<(IpAddr, Option<u16>), String> {
 }
 
 /// Why `dst` is never steered, if it is one of the destinations the programs leave alone
-/// (mirrors `is_special_dst` in the eBPF crate).
+/// ([`veer_common::never_steered`], the rule the programs apply).
 pub fn special_destination(dst: IpAddr) -> Option<&'static str> {
-    match dst {
-        IpAddr::V4(a) => {
-            let o = a.octets();
-            if a.is_broadcast() {
-                Some("broadcast")
-            } else if a.is_multicast() {
-                Some("multicast")
-            } else if o[0] >= 240 {
-                Some("reserved (240.0.0.0/4)")
-            } else if a.is_link_local() {
-                Some("link-local")
-            } else if a.is_loopback() {
-                Some("loopback")
-            } else if o[0] == 0 {
-                Some("unspecified (0.0.0.0/8)")
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(a) => {
-            if a.is_multicast() {
-                Some("multicast")
-            } else if a.is_unicast_link_local() {
-                Some("link-local")
-            } else if a.is_loopback() {
-                Some("loopback")
-            } else if a.is_unspecified() {
-                Some("unspecified")
-            } else {
-                None
-            }
-        }
-    }
+    let (family, d) = to_addr16(dst);
+    never_steered(family, &d).map(NeverSteered::describe)
 }
 
 /// A matching trie entry, described.
@@ -857,6 +827,9 @@ mod tests {
             ("fe80::1", "link-local"),
             ("ff02::1", "multicast"),
             ("127.0.0.1", "loopback"),
+            ("240.0.0.1", "reserved"),
+            ("0.0.0.0", "unspecified"),
+            ("::", "unspecified"),
         ] {
             let r = explain(&input(&ifs, Some(&idx), &s, d, None));
             assert_eq!(
