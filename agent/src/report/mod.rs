@@ -344,12 +344,12 @@ impl Publisher {
             return;
         };
         let index_path = index::path_for_status(path);
-        if changed || !index_path.exists() {
-            if let Err(e) = index.write_atomic(&index_path) {
-                tracing::warn!(path = %index_path.display(), error = %e, "cannot write the rule index");
-                // Not named: the CLI would read an index older than this report.
-                let _ = std::fs::remove_file(&index_path);
-            }
+        if (changed || !index_path.exists())
+            && let Err(e) = index.write_atomic(&index_path)
+        {
+            tracing::warn!(path = %index_path.display(), error = %e, "cannot write the rule index");
+            // Not named: the CLI would read an index older than this report.
+            let _ = std::fs::remove_file(&index_path);
         }
         if index_path.exists() {
             report.rule_index = Some(index_path);
