@@ -19,6 +19,7 @@ pub mod lpm;
 pub mod maps;
 pub mod metrics;
 pub mod netns;
+pub mod node;
 pub mod podnet;
 pub mod podwatch;
 pub mod reconcile;

@@ -10,16 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use veer_agent::config::PodSandbox;
 use veer_agent::config::compile::Compiled;
-use veer_agent::k8s::apply::{ApplyError, NodeDataplane};
 use veer_agent::k8s::desired::{Desired, RulesetIds, desired_from_stores};
 use veer_agent::k8s::gc::prune_status;
 use veer_agent::k8s::status::{field_manager, patch_status};
 use veer_agent::k8s::testing::{FakeApi, Recorded, namespace, node, pod, route, service};
 use veer_agent::k8s::watch::Reflectors;
 use veer_agent::k8s::{K8sConfig, crd::RouteStatus, run_with};
-use veer_agent::report::{PodIface, PodReport, Skipped, StatusFile};
+use veer_agent::node::testing::{DpRecord, FakeDp, write_cni_result};
+use veer_agent::report::StatusFile;
 
 const NODE: &str = "n1";
 
@@ -343,133 +342,6 @@ async fn status_patch_is_a_forced_server_side_apply_per_node() {
 
 // ---------------------------------------------------------------------------------------------
 // The whole loop, with a dataplane double.
-
-#[derive(Default)]
-struct DpRecord {
-    rounds: Vec<(Compiled, Vec<(PodSandbox, u32)>)>,
-    orphan_sweeps: usize,
-    /// The bpffs root of every `remove_stale_pins` call.
-    stale_removals: Vec<PathBuf>,
-    /// Pods (by name) whose setup fails.
-    failing: BTreeSet<String>,
-    /// Every debug switch asked of the dataplane (`true`: debug object in).
-    debug_switches: Vec<bool>,
-}
-
-struct FakeDp {
-    applied: Compiled,
-    record: Arc<Mutex<DpRecord>>,
-}
-
-/// The double records `veer debug` switches.
-impl veer_agent::debug::DebugEvents for FakeDp {
-    fn debug_events(&self) -> bool {
-        self.record.lock().unwrap().debug_switches.last() == Some(&true)
-    }
-
-    fn set_debug_events(
-        &mut self,
-        on: bool,
-    ) -> Result<Option<veer_agent::dataplane::DebugLog>, String> {
-        self.record.lock().unwrap().debug_switches.push(on);
-        Ok(None)
-    }
-}
-
-impl NodeDataplane for FakeDp {
-    fn applied(&self) -> &Compiled {
-        &self.applied
-    }
-
-    fn apply(
-        &mut self,
-        compiled: Compiled,
-        pods: &[(PodSandbox, u32)],
-    ) -> Result<Vec<PodReport>, ApplyError> {
-        self.applied = compiled.clone();
-        let mut rec = self.record.lock().unwrap();
-        rec.rounds.push((compiled, pods.to_vec()));
-        // Every pod has eth0; only web pods have eth1.
-        Ok(pods
-            .iter()
-            .map(|(s, _)| {
-                let pod = format!("{}/{}", s.namespace, s.name);
-                if rec.failing.contains(&s.name) {
-                    return PodReport {
-                        pod,
-                        uid: s.uid.clone(),
-                        netns: Some(s.netns.clone()),
-                        failure: Some("entering the namespace: gone".into()),
-                        ..Default::default()
-                    };
-                }
-                let eth1 = s.name.starts_with("web");
-                let iface = |name: &str, ifindex| PodIface {
-                    name: name.into(),
-                    ifindex: Some(ifindex),
-                    slot: None,
-                };
-                PodReport {
-                    pod,
-                    uid: s.uid.clone(),
-                    netns: Some(s.netns.clone()),
-                    interfaces: if eth1 {
-                        vec![iface("eth0", 2), iface("eth1", 3)]
-                    } else {
-                        vec![iface("eth0", 2)]
-                    },
-                    skipped: if eth1 {
-                        vec![]
-                    } else {
-                        vec![Skipped {
-                            iface: "eth1".into(),
-                            reason: "the pod has no interface eth1".into(),
-                        }]
-                    },
-                    ..Default::default()
-                }
-            })
-            .collect())
-    }
-
-    fn remove_orphans(&mut self) {
-        self.record.lock().unwrap().orphan_sweeps += 1;
-    }
-
-    fn remove_stale_pins(&mut self, bpffs_root: &Path) -> usize {
-        self.record
-            .lock()
-            .unwrap()
-            .stale_removals
-            .push(bpffs_root.to_path_buf());
-        1
-    }
-}
-
-fn write_cni_result(dir: &Path, ns: &str, name: &str, uid: &str) {
-    let seed: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../tests/fixtures/seed/cni-loopback-result.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let mut v = seed.clone();
-    let id = format!("{:0>64}", uid.replace('-', ""));
-    v["containerId"] = json!(id);
-    v["cniArgs"] = json!([
-        ["K8S_POD_NAMESPACE", ns],
-        ["K8S_POD_NAME", name],
-        ["K8S_POD_UID", uid]
-    ]);
-    v["result"]["interfaces"][0]["sandbox"] = json!(format!("/var/run/netns/cni-{name}"));
-    std::fs::write(
-        dir.join(format!("cni-loopback-{id}-lo")),
-        serde_json::to_vec(&v).unwrap(),
-    )
-    .unwrap();
-}
 
 fn patches_of<'a>(reqs: &'a [Recorded], route: &str) -> Vec<&'a Recorded> {
     let path = format!("/apis/k8s.ovn.org/v1/routes/{route}/status");

@@ -7,7 +7,6 @@
 //! - [`select`]: which pods a Route applies to (a pure function);
 //! - [`desired`]: the desired state from the stores (a pure function): compiler inputs,
 //!   rulesets and the ruleset of every pod;
-//! - [`apply`]: handing it to the dataplane ([`apply::NodeDataplane`]);
 //! - [`status`]: Route status by server-side apply (one entry per node) and Events;
 //! - [`gc`]: removing the status entries of deleted nodes (JSON patch guarded by `test`);
 //! - `testing` (cargo feature `testing`): a fake API server for the mock-API tests and the
@@ -27,7 +26,6 @@
 //! Maps a layout migration moved aside (`<NAME>_stale`) are removed after the first round in
 //! which the rules were applied and every pod was set up, as in standalone mode.
 
-pub mod apply;
 pub mod crd;
 pub mod desired;
 pub mod gc;
@@ -38,25 +36,24 @@ pub mod testing;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::PodSandbox;
 use crate::config::cni;
+use crate::config::compile::{CompileError, Compiled};
 use crate::dataplane::{Dataplane, DataplaneError};
-use crate::debug::{DebugControl, unix_now};
 use crate::metrics::Metrics;
+use crate::node::{Done, NodeConfig, NodeDataplane, NodeError, Source, Wake};
 use crate::reconcile::{ReconcileError, Reconciler};
-use crate::report::{Mode, PodFailure, PodReport, Publisher, Round, StatusFile};
-use crate::wake::{OwnFiles, interval_after, next_round_at};
-use futures::FutureExt;
+use crate::report::{Mode, PodReport, StatusFile};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
 
-use apply::NodeDataplane;
 use crd::RouteStatus;
-use desired::{Desired, RulesetIds, desired_from_stores};
+use desired::{Assignment, Desired, RulesetIds, Snapshot, desired_from_stores};
 use status::{EventMemory, RoundView};
 use watch::Reflectors;
 
@@ -171,6 +168,20 @@ pub struct K8sConfig {
 }
 
 impl K8sConfig {
+    /// The node loop's settings.
+    pub fn node(&self) -> NodeConfig {
+        NodeConfig {
+            cni_dir: self.cni_dir.clone(),
+            netns_dir: self.netns_dir.clone(),
+            bpffs_root: self.bpffs_root.clone(),
+            status_file: self.status_file.clone(),
+            metrics: self.metrics.clone(),
+            resync: self.resync,
+            coalesce: self.coalesce,
+            min_interval: self.min_interval,
+        }
+    }
+
     /// Defaults for a node: the usual host paths, resync every 30 s, rounds 5 ms after a change
     /// and at most every 20 ms (or twice a round's duration), 30 s grace before removing the status entries of deleted
     /// nodes.
@@ -205,6 +216,8 @@ pub enum K8sError {
     ReflectorStopped,
     #[error("the dataplane task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Node(#[from] NodeError),
 }
 
 /// Connects to the API server (in-cluster or kubeconfig), loads the pinned dataplane and runs
@@ -241,23 +254,12 @@ fn now_rfc3339() -> String {
 pub async fn run_with<D: NodeDataplane>(
     client: Client,
     cfg: K8sConfig,
-    mut dp: D,
+    dp: D,
     stop: Arc<AtomicBool>,
 ) -> Result<(), K8sError> {
     let node = cfg.node_name.clone();
     let refl = Reflectors::start(client.clone(), &node);
-
-    // Local changes (CNI results, network namespaces) wake the loop too.
-    let changed = refl.changed.clone();
-    let own = OwnFiles::of_status(cfg.status_file.as_deref());
-    let _fs_watcher = watch_dirs(&[&cfg.cni_dir, &cfg.netns_dir], own, move || {
-        changed.notify_one()
-    });
-    // So do the managed pods' own network changes (an interface that appears after the CNI
-    // result file, a dynamic attachment, an address change).
-    let changed = refl.changed.clone();
-    dp.follow_pods(Box::new(move || changed.notify_one()));
-
+    let wake = Wake::from_notify(refl.changed.clone());
     tracing::info!(%node, "waiting for the first list of every watched kind");
     {
         let ready = refl.wait_ready();
@@ -274,99 +276,17 @@ pub async fn run_with<D: NodeDataplane>(
         }
     }
     tracing::info!(%node, "caches synced; reconciling");
-
-    let node_gc_grace = cfg.node_gc_grace;
-    let publisher = Publisher::new(cfg.status_file.clone(), cfg.metrics.clone());
-    let mut agent = Agent {
-        publisher,
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: CONTROLLER.into(),
-                instance: Some(node.clone()),
-            },
-        ),
-        client,
-        cfg,
-        dp: Some(dp),
-        ruleset_ids: RulesetIds::new(),
-        events: EventMemory::default(),
-        gc: gc::NodeGc::new(node_gc_grace),
-        written: BTreeMap::new(),
-        first: true,
-        stale_pending: true,
-        round: 0,
-        debug: None,
-        reported: Default::default(),
-    };
-    agent.debug = agent.cfg.status_file.as_deref().map(DebugControl::new);
-    while !stop.load(Ordering::Relaxed) {
-        let started = tokio::time::Instant::now();
-        // Every change so far is in this round's snapshot: drop its pending wake-up (a change
-        // arriving from here on wakes the loop again after the round).
-        let _ = refl.changed.notified().now_or_never();
-        agent.sync_debug().await?;
-        agent.round(&refl).await?;
-        let took = started.elapsed();
-        tracing::debug!(round = agent.round, ms = took.as_millis(), "reconciled");
-        // Wait for a change, the resync interval, or stop.
-        let resync_at = started + agent.cfg.resync;
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            tokio::select! {
-                _ = refl.changed.notified() => {
-                    let at = next_round_at(
-                        tokio::time::Instant::now(),
-                        started,
-                        agent.cfg.coalesce,
-                        interval_after(took, agent.cfg.min_interval),
-                    );
-                    tokio::time::sleep_until(at).await;
-                    break;
-                }
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    // A debug switch is applied at once; the round after it reports it.
-                    if agent.sync_debug().await? { break; }
-                    if tokio::time::Instant::now() >= resync_at { break; }
-                }
-            }
-        }
-    }
+    let source = ApiSource::new(client, node, refl, cfg.node_gc_grace);
+    crate::node::run(source, dp, cfg.node(), wake, stop).await?;
     Ok(())
 }
 
-fn watch_dirs(
-    dirs: &[&Path],
-    own: OwnFiles,
-    on_change: impl Fn() + Send + Sync + 'static,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Not for reads (every round reads the CNI result files) nor the agent's own writes:
-        // either would wake the loop again and again.
-        if ev.is_ok_and(|ev| own.wakes(&ev)) {
-            on_change();
-        }
-    })
-    .ok()?;
-    for d in dirs {
-        if let Err(e) = w.watch(d, notify::RecursiveMode::NonRecursive) {
-            tracing::warn!(path = %d.display(), error = %e, "cannot watch; relying on periodic resync");
-        }
-    }
-    Some(w)
-}
-
-struct Agent<D> {
-    /// Writes the status file and rule index, records the metrics.
-    publisher: Publisher,
+/// The Kubernetes API as a [`Source`]: the reflectors' stores in, Route status and Events out.
+pub struct ApiSource {
+    node: String,
     client: Client,
     recorder: Recorder,
-    cfg: K8sConfig,
-    /// `None` only while a blocking apply runs.
-    dp: Option<D>,
+    refl: Reflectors,
     ruleset_ids: RulesetIds,
     events: EventMemory,
     gc: gc::NodeGc,
@@ -375,171 +295,127 @@ struct Agent<D> {
     /// apply the same again, it does not: an apiserver that prunes fields (an older CRD
     /// installed) would otherwise get a patch every round.
     written: BTreeMap<String, (RouteStatus, Option<RouteStatus>)>,
-    first: bool,
-    /// `<NAME>_stale` pins of a layout migration may still exist: removed after the first
-    /// round in which every pod was set up ([`NodeDataplane::remove_stale_pins`]).
-    stale_pending: bool,
-    round: u64,
-    /// `veer debug on|off` requests, read beside the status file.
-    debug: Option<DebugControl>,
-    /// Service warnings and rule issues last logged.
-    reported: (Vec<String>, Vec<String>),
 }
 
-impl<D: NodeDataplane> Agent<D> {
-    /// Applies a `veer debug` request (off the async threads: switching loads an object and
-    /// enters every pod's namespace). Returns whether what is in force changed.
-    async fn sync_debug(&mut self) -> Result<bool, K8sError> {
-        let Some(mut debug) = self.debug.take() else {
-            return Ok(false);
-        };
-        let mut dp = self.dp.take().expect("dataplane present between rounds");
-        let joined = tokio::task::spawn_blocking(move || {
-            let changed = debug.sync(&mut dp, unix_now());
-            (dp, debug, changed)
-        })
-        .await;
-        let (dp, debug, changed) = joined.map_err(|e| K8sError::Task(e.to_string()))?;
-        self.dp = Some(dp);
-        self.debug = Some(debug);
-        Ok(changed)
+/// One round's reading of the stores.
+pub struct ApiInputs {
+    snap: Snapshot,
+    desired: Desired,
+    assignment: Assignment,
+}
+
+impl ApiSource {
+    pub fn new(client: Client, node: String, refl: Reflectors, node_gc_grace: Duration) -> Self {
+        Self {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: CONTROLLER.into(),
+                    instance: Some(node.clone()),
+                },
+            ),
+            client,
+            node,
+            refl,
+            ruleset_ids: RulesetIds::new(),
+            events: EventMemory::default(),
+            gc: gc::NodeGc::new(node_gc_grace),
+            written: BTreeMap::new(),
+        }
+    }
+}
+
+impl Source for ApiSource {
+    type Inputs = ApiInputs;
+
+    fn mode(&self) -> Mode {
+        Mode::Kubernetes
     }
 
-    async fn round(&mut self, refl: &Reflectors) -> Result<(), K8sError> {
-        let started = Instant::now();
-        self.round += 1;
-        let node = self.cfg.node_name.clone();
-        let snap = refl.snapshot();
-        let desired = desired_from_stores(&snap, &node, &self.ruleset_ids);
+    fn read(&mut self, sandboxes: &[PodSandbox]) -> ApiInputs {
+        let snap = self.refl.snapshot();
+        let desired = desired_from_stores(&snap, &self.node, &self.ruleset_ids);
         self.ruleset_ids = desired.ruleset_ids.clone();
-        let warnings: Vec<String> = desired
+        let assignment = desired.assign(sandboxes);
+        ApiInputs {
+            snap,
+            desired,
+            assignment,
+        }
+    }
+
+    fn compile(&self, inputs: &ApiInputs, prev: &Compiled) -> Result<Compiled, CompileError> {
+        inputs.desired.compile(prev)
+    }
+
+    fn pods(&self, inputs: &ApiInputs) -> Vec<(PodSandbox, u32)> {
+        // Unselected pods go along in the drain ruleset: a managed one keeps its programs until
+        // its steered flows end (established connections keep their path).
+        let a = &inputs.assignment;
+        a.pods
+            .iter()
+            .cloned()
+            .chain(
+                a.unselected
+                    .iter()
+                    .map(|s| (s.clone(), crate::reconcile::DRAIN_RULESET)),
+            )
+            .collect()
+    }
+
+    fn warnings(&self, inputs: &ApiInputs) -> Vec<String> {
+        inputs
+            .desired
             .service_warnings
             .iter()
             .map(|w| format!("service: {w}"))
-            .collect();
+            .collect()
+    }
 
-        let (sandboxes, cni_errors) = cni::scan_dir(&self.cfg.cni_dir);
-        for e in &cni_errors {
-            tracing::debug!(error = %e, "CNI cache file skipped");
-        }
-        let assignment = desired.assign(&sandboxes);
-        let dp = self.dp.as_ref().expect("dataplane present between rounds");
-        let (compiled, mut round_error) = match dp.compile_sticky(&|prev| desired.compile(prev)) {
-            Ok(c) => (Some(c), None),
-            Err(e) => {
-                tracing::error!(error = %e, "Routes cannot be compiled; previous rules stay in force");
-                (None, Some(e.to_string()))
-            }
-        };
-        let mut outcomes: BTreeMap<String, PodReport> = BTreeMap::new();
-        // Warnings are logged when they change, not every round (the status file has them).
-        let issues: Vec<String> = compiled
+    async fn finish(
+        &mut self,
+        inputs: ApiInputs,
+        done: &Done<'_>,
+        report: &mut StatusFile,
+    ) -> Vec<(&'static str, usize)> {
+        let ApiInputs {
+            snap,
+            desired,
+            assignment,
+        } = inputs;
+        let outcomes: BTreeMap<String, PodReport> = done
+            .pods
             .iter()
-            .flat_map(|c| c.issues.iter().map(|i| format!("issue: {i}")))
+            .map(|o| (o.uid.clone(), o.clone()))
             .collect();
-        if (&warnings, &issues) != (&self.reported.0, &self.reported.1) {
-            for w in &desired.service_warnings {
-                tracing::warn!(warning = %w, "Service address ignored");
-            }
-            for i in compiled.iter().flat_map(|c| &c.issues) {
-                tracing::warn!(issue = %i, "rule not applied as written");
-            }
-            self.reported = (warnings, issues);
-        }
-        if let Some(c) = compiled.clone() {
-            let mut dp = self.dp.take().expect("dataplane present between rounds");
-            // Unselected pods go along in the drain ruleset: a managed one keeps its programs
-            // until its steered flows end (established connections keep their path).
-            let pods: Vec<(crate::config::PodSandbox, u32)> = assignment
-                .pods
-                .iter()
-                .cloned()
-                .chain(
-                    assignment
-                        .unselected
-                        .iter()
-                        .map(|s| (s.clone(), crate::reconcile::DRAIN_RULESET)),
-                )
-                .collect();
-            let first = self.first;
-            let stale_pending = self.stale_pending;
-            let root = self.cfg.bpffs_root.clone();
-            let joined = tokio::task::spawn_blocking(move || {
-                let r = dp.apply(c, &pods);
-                if first && r.is_ok() {
-                    dp.remove_orphans();
-                }
-                // Maps a layout migration moved aside are dropped once every pod runs the new
-                // programs (a pod that failed keeps the old maps alive through its programs
-                // until it is retried).
-                let clean = r
-                    .as_ref()
-                    .is_ok_and(|list| list.iter().all(|o| o.failure.is_none()));
-                if stale_pending && clean {
-                    dp.remove_stale_pins(&root);
-                }
-                (dp, r, clean)
-            })
-            .await;
-            let (dp, r, clean) = joined.map_err(|e| K8sError::Task(e.to_string()))?;
-            self.dp = Some(dp);
-            if clean {
-                self.stale_pending = false;
-            }
-            match r {
-                Ok(list) => {
-                    self.first = false;
-                    outcomes = list.into_iter().map(|o| (o.uid.clone(), o)).collect();
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "rules not applied; previous state stays in force, retrying next round");
-                    round_error = Some(e.to_string());
-                }
-            }
-        }
-
+        let node = self.node.clone();
         let round = RoundView {
             node: &node,
             desired: &desired,
             assignment: &assignment,
-            compiled: compiled.as_ref(),
+            compiled: done.compiled,
             outcomes: &outcomes,
-            round_error: round_error.as_deref(),
+            round_error: done.rules_error,
         };
         // While a watch is failing the API server is likely unreachable: writing status would
         // only wait for timeouts. The next healthy round writes it.
-        if !refl.health.degraded() {
+        let health = self.refl.health.clone();
+        if !health.degraded() {
             self.publish_status(&snap.routes, &round).await;
-            if refl.health.synced(watch::NODES) && !refl.health.in_error(watch::NODES) {
-                self.prune_deleted_nodes(&snap.routes, refl).await;
+            if health.synced(watch::NODES) && !health.in_error(watch::NODES) {
+                self.prune_deleted_nodes(&snap.routes).await;
             }
         }
-
-        let report = self.report(
-            &refl.health,
-            &desired,
-            &outcomes,
-            round_error,
-            cni_errors.iter().map(ToString::to_string).collect(),
-        );
-        let source_errors = vec![
+        self.report(&health, &desired, &outcomes, report);
+        vec![
             ("routes", report.invalid_routes.len()),
             ("services", desired.service_warnings.len()),
-            ("cni", report.cni_errors.len()),
-            ("compile", usize::from(report.compile_error.is_some())),
             ("watch", report.watch_errors.len()),
-        ];
-        let applied = self.dp.as_ref().expect("dataplane present").applied();
-        self.publisher.publish(Round {
-            report,
-            applied,
-            elapsed: started.elapsed(),
-            source_errors,
-            sandboxes: &sandboxes,
-        });
-        Ok(())
+        ]
     }
+}
 
+impl ApiSource {
     async fn publish_status(&mut self, routes: &[Arc<crd::Route>], round: &RoundView<'_>) {
         let now = now_rfc3339();
         let names: BTreeSet<String> = routes.iter().map(|r| r.name_any()).collect();
@@ -588,15 +464,16 @@ impl<D: NodeDataplane> Agent<D> {
 
     /// Removes the status entries of nodes that no longer exist (see [`gc`]). Call only with
     /// a listed Nodes store and healthy watches.
-    async fn prune_deleted_nodes(&mut self, routes: &[Arc<crd::Route>], refl: &Reflectors) {
-        let live: BTreeSet<String> = refl
+    async fn prune_deleted_nodes(&mut self, routes: &[Arc<crd::Route>]) {
+        let live: BTreeSet<String> = self
+            .refl
             .stores
             .nodes
             .state()
             .iter()
             .map(|n| n.name_any())
             .collect();
-        if !live.contains(&self.cfg.node_name) {
+        if !live.contains(&self.node) {
             // A store without this agent's own Node is no evidence about the others.
             tracing::debug!("this node is not in the Nodes store yet; not pruning status entries");
             return;
@@ -604,7 +481,7 @@ impl<D: NodeDataplane> Agent<D> {
         let names: Vec<String> = routes.iter().map(|r| r.name_any()).collect();
         let due = self.gc.due(
             Instant::now(),
-            &self.cfg.node_name,
+            &self.node,
             &live,
             names
                 .iter()
@@ -613,7 +490,7 @@ impl<D: NodeDataplane> Agent<D> {
         );
         for p in due {
             let dead: Vec<&str> = p.entries.iter().map(|(_, n)| n.as_str()).collect();
-            let call = gc::prune_status(&self.client, &self.cfg.node_name, &p.route, &p.entries);
+            let call = gc::prune_status(&self.client, &self.node, &p.route, &p.entries);
             match tokio::time::timeout(API_TIMEOUT, call).await {
                 Ok(Ok(_)) => {
                     tracing::info!(route = %p.route, nodes = ?dead, "status entries of deleted nodes removed")
@@ -632,18 +509,16 @@ impl<D: NodeDataplane> Agent<D> {
         }
     }
 
-    /// The round report: every pod of this node the API knows, with what the dataplane did.
+    /// The Kubernetes part of the round report: every pod of this node the API knows (with what
+    /// the dataplane did), the Routes and rulesets, the watches' health.
     fn report(
         &self,
         health: &watch::Health,
         desired: &Desired,
         outcomes: &BTreeMap<String, PodReport>,
-        round_error: Option<String>,
-        cni_errors: Vec<String>,
-    ) -> StatusFile {
-        let c = self.dp.as_ref().expect("dataplane present").applied();
-        let mut r = StatusFile::new(Mode::Kubernetes, self.round).with_applied(c);
-        r.node = Some(self.cfg.node_name.clone());
+        r: &mut StatusFile,
+    ) {
+        r.node = Some(self.node.clone());
         r.ready = !health.degraded();
         r.routes = desired.routes.iter().map(|r| r.name.clone()).collect();
         r.invalid_routes = desired
@@ -657,7 +532,6 @@ impl<D: NodeDataplane> Agent<D> {
             .iter()
             .map(|r| (r.id, r.routes.iter().cloned().collect()))
             .collect();
-        r.compile_error = round_error;
         r.pods = desired
             .pods
             .iter()
@@ -672,28 +546,12 @@ impl<D: NodeDataplane> Agent<D> {
                 report
             })
             .collect();
-        r.pod_failures = r
-            .pods
-            .iter()
-            .filter_map(|p| {
-                let (namespace, name) = p.namespace_name();
-                Some(PodFailure {
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    netns: p.netns.clone().unwrap_or_default(),
-                    error: p.failure.clone()?,
-                })
-            })
-            .collect();
         r.watch_errors = health
             .get()
             .into_iter()
             .filter(|(_, h)| h.in_error)
             .map(|(k, h)| (k.to_string(), h.last_error.unwrap_or_default()))
             .collect();
-        r.cni_errors = cni_errors;
-        r.debug_events = self.debug.as_ref().map(|d| d.state().clone());
-        r
     }
 }
 

@@ -1,5 +1,6 @@
 //! Handing the desired state to the dataplane: [`NodeDataplane`], implemented by the reconcile
-//! core ([`Reconciler`]) and by test doubles (the Kubernetes loop needs no BPF to be tested).
+//! core ([`Reconciler`]) and by test doubles (the node loop needs no BPF to be tested, in
+//! either mode).
 //!
 //! Every pod gets its own ruleset through [`Reconciler::sync_pods_with_rulesets`].
 
@@ -18,7 +19,15 @@ pub enum ApplyError {
     Reconcile(#[from] ReconcileError),
 }
 
-/// The dataplane as the Kubernetes loop drives it. Its debug events may be switchable
+/// What one apply did: every pod's report, and why the rules could not be written (the pods
+/// were still brought in line with the rules in force).
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub pods: Vec<PodReport>,
+    pub rules_error: Option<ApplyError>,
+}
+
+/// The dataplane as the node loop drives it. Its debug events may be switchable
 /// ([`DebugEvents`]; doubles take the defaults: not switchable).
 pub trait NodeDataplane: DebugEvents + Send + 'static {
     /// The compilation in force (for sticky slots and rule ids).
@@ -35,12 +44,10 @@ pub trait NodeDataplane: DebugEvents + Send + 'static {
     }
 
     /// Makes the maps hold `compiled` and the managed pods exactly `pods` (each with its
-    /// ruleset). Returns what happened to every pod (managed or failed; `routes` left empty).
-    fn apply(
-        &mut self,
-        compiled: Compiled,
-        pods: &[(PodSandbox, u32)],
-    ) -> Result<Vec<PodReport>, ApplyError>;
+    /// ruleset). When the rules cannot be written the previous ones stay in force and the pods
+    /// are still synced against them. Returns what happened to every pod (managed or failed;
+    /// `routes` left empty).
+    fn apply(&mut self, compiled: Compiled, pods: &[(PodSandbox, u32)]) -> Applied;
 
     /// Removes state left by a previous agent for pods that no longer exist (after the first
     /// apply).
@@ -70,15 +77,14 @@ impl NodeDataplane for Reconciler {
         Reconciler::compile_sticky(self, compile)
     }
 
-    fn apply(
-        &mut self,
-        compiled: Compiled,
-        pods: &[(PodSandbox, u32)],
-    ) -> Result<Vec<PodReport>, ApplyError> {
-        self.apply_rules(compiled)?;
+    fn apply(&mut self, compiled: Compiled, pods: &[(PodSandbox, u32)]) -> Applied {
+        let rules_error = self.apply_rules(compiled).err().map(ApplyError::from);
         self.sync_pods_with_rulesets(pods);
         let sandboxes: Vec<PodSandbox> = pods.iter().map(|(s, _)| s.clone()).collect();
-        Ok(self.reports(&sandboxes))
+        Applied {
+            pods: self.reports(&sandboxes),
+            rules_error,
+        }
     }
 
     fn remove_orphans(&mut self) {
