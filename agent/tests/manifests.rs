@@ -247,6 +247,30 @@ fn daemonset_mounts_and_capabilities() {
 }
 
 #[test]
+fn the_daemonset_log_filter_lets_the_debug_events_through() {
+    let ds = one::<DaemonSet>("DaemonSet");
+    let pod = ds.spec.template.spec.unwrap();
+    let c = pod.containers.iter().find(|c| c.name == "agent").unwrap();
+    // Unset, the agent's default (`info,veer_ebpf=debug`) applies; set, it replaces it, and
+    // `veer debug on` would show nothing unless it names the events' target at debug or finer.
+    if let Some(filter) = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "RUST_LOG")
+        .and_then(|e| e.value.as_deref())
+    {
+        let level = filter
+            .split(',')
+            .find_map(|d| d.trim().strip_prefix("veer_ebpf="));
+        assert!(
+            matches!(level, Some("debug" | "trace")),
+            "RUST_LOG={filter:?} hides the debug events (target veer_ebpf)"
+        );
+    }
+}
+
+#[test]
 fn example_route_is_the_seed_demo() {
     let demo: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(
