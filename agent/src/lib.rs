@@ -3,7 +3,11 @@
 //!
 //! Modules:
 //! - [`dataplane`]: loading the embedded eBPF object, pinning and layout-checking its maps;
-//! - [`maps`]: typed access to the pinned maps (rules, interfaces, flows, counters);
+//! - [`maps`]: typed access to the pinned maps (rules, interfaces, flows, counters) and their
+//!   decoding (trie keys, flow-key addresses, occupancy, counter and flow-field names);
+//! - [`cmd`]: the `veer` subcommands, one module each (`main.rs` only parses and dispatches);
+//! - [`cli`]: the reports of the read-only subcommands, built from decoded data and rendered as
+//!   tables or JSON;
 //! - [`lpm`]: the reference longest-prefix model (tests and `veer trace` use it to explain a
 //!   decision the kernel makes);
 //! - [`netns`]: running code inside a network namespace on a dedicated thread;
@@ -11,6 +15,7 @@
 
 pub mod attach;
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod dataplane;
 pub mod debug;

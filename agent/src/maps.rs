@@ -1,9 +1,11 @@
 //! Typed views of veer's maps, from a freshly loaded object or from the pins (the CLI reads the
 //! pins so it works while the agent is down), and the user-space side of their rules: decoding
 //! trie keys into prefixes, reading the maps into rows ([`Snapshot`]), flow-key addresses
-//! ([`addr16`]), the datapath's clock ([`monotonic_coarse_ns`]) and the read-modify-write of the
-//! configuration entry ([`Maps::set_debug_flag`]). The rules the datapath shares (key layouts,
-//! timeouts, reverse keys) are in `veer_common`; `cli` only renders what this module decodes.
+//! ([`addr16`], [`to_addr16`]), map occupancy ([`read_occupancy`]), counter and flow-field names
+//! ([`named_counters`], [`counter_class`], [`kind_name`]), the datapath's clock
+//! ([`monotonic_coarse_ns`]) and the read-modify-write of the configuration entry
+//! ([`Maps::set_debug_flag`]). The rules the datapath shares (key layouts, timeouts, reverse keys)
+//! are in `veer_common`; `cli` only renders what this module decodes, and the metrics read it too.
 
 use std::{
     collections::BTreeSet,
@@ -13,9 +15,11 @@ use std::{
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::Serialize;
 use veer_common::{
-    Config, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, IfaceInfo, IfaceKey, Rule4Key, Rule6Key,
-    RuleStats, RuleValue, maps as names, paths, stats,
+    Config, FAMILY_V4, FAMILY_V6, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER, FlowKey, FlowValue,
+    IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, Rule4Key, Rule6Key, RuleStats, RuleValue,
+    ST_CLOSING, ST_EST, ST_NONE, ST_SYN, maps as names, paths, stats,
 };
 
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -121,6 +125,15 @@ impl Maps {
             packets: a.packets + s.packets,
             bytes: a.bytes + s.bytes,
         }))
+    }
+
+    /// The entry the datapath would use for `dst` in `ruleset`: the kernel's own longest-prefix
+    /// match, asked with a full-length key ([`host_key4`], [`host_key6`]).
+    pub fn longest_match(&self, ruleset: u32, dst: IpAddr) -> Result<RuleValue, MapError> {
+        match dst {
+            IpAddr::V4(a) => self.rules4.get(&host_key4(ruleset, a), 0),
+            IpAddr::V6(a) => self.rules6.get(&host_key6(ruleset, a), 0),
+        }
     }
 
     /// The configuration entry as stored (an entry never written is all zeros: every default,
@@ -314,6 +327,114 @@ pub fn to_addr16(a: IpAddr) -> (u8, [u8; 16]) {
     }
 }
 
+/// The addresses an interface entry carries (those its flags mark), in flow-key form: the
+/// source addresses of the pod's outgoing flows.
+pub fn iface_addrs16(v: &IfaceInfo) -> impl Iterator<Item = [u8; 16]> {
+    let v4 = (v.flags & IFACE_F_V4 != 0).then(|| to_addr16(IpAddr::from(v.addr4)).1);
+    let v6 = (v.flags & IFACE_F_V6 != 0).then_some(v.addr6);
+    v4.into_iter().chain(v6)
+}
+
+/// Occupancy of one map.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MapUse {
+    /// Map name (`VEER_RULES4_V1`, …); for `VEER_RSTATS_V1`, the rule ids in use.
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+    /// `entries / capacity`, 0..1.
+    pub ratio: f64,
+}
+
+/// Occupancy of the maps that fill up: both tries, interfaces, flows, rule ids.
+pub fn occupancy(rules4: u64, rules6: u64, ifaces: u64, flows: u64, rule_ids: u64) -> Vec<MapUse> {
+    let u = |map, entries: u64, capacity: u32| MapUse {
+        map,
+        entries,
+        capacity: u64::from(capacity),
+        ratio: entries as f64 / f64::from(capacity.max(1)),
+    };
+    vec![
+        u(names::RULES4, rules4, names::RULES_MAX),
+        u(names::RULES6, rules6, names::RULES_MAX),
+        u(names::IFACES, ifaces, names::IFACES_MAX),
+        u(names::FLOWS, flows, names::FLOWS_MAX),
+        // Ids are 1..RULE_STATS_MAX.
+        u(names::RULE_STATS, rule_ids, names::RULE_STATS_MAX - 1),
+    ]
+}
+
+/// Counts the keys of a map without reading values (cheaper for the flow table).
+pub fn count_keys<I, K>(keys: I) -> u64
+where
+    I: Iterator<Item = Result<K, MapError>>,
+{
+    keys.filter(Result::is_ok).count() as u64
+}
+
+/// Occupancy read from live maps (keys only).
+pub fn read_occupancy(maps: &Maps) -> Result<Vec<MapUse>, MapsError> {
+    let rules = read_rules(maps)?;
+    let v4 = rules.iter().filter(|r| r.prefix.addr().is_ipv4()).count() as u64;
+    let ids: BTreeSet<u32> = rules
+        .iter()
+        .map(|r| r.value.rule_id)
+        .filter(|i| *i != 0)
+        .collect();
+    Ok(occupancy(
+        v4,
+        rules.len() as u64 - v4,
+        count_keys(maps.ifaces.keys()),
+        count_keys(maps.flows.keys()),
+        ids.len() as u64,
+    ))
+}
+
+/// The class of a counter of [`veer_common::stats`]: `family`, `pass`, `steer`, `revnat`,
+/// `drop`, `error` or `side`.
+pub fn counter_class(name: &str) -> &'static str {
+    match name.split('_').next().unwrap_or("") {
+        "pkt" => "family",
+        "pass" => "pass",
+        "steer" => "steer",
+        "revnat" => "revnat",
+        "drop" => "drop",
+        "err" => "error",
+        _ => "side",
+    }
+}
+
+/// `(name, value)` of every counter that is not reserved.
+pub fn named_counters(totals: &[u64]) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+    stats::NAMES
+        .iter()
+        .zip(totals.iter().copied())
+        .filter(|(n, _)| !n.starts_with("reserved"))
+        .map(|(n, v)| (*n, v))
+}
+
+/// Name of a flow kind (`FlowValue::kind`): `steer`, `native`, `revnat` or the number.
+pub fn kind_name(k: u8) -> String {
+    match k {
+        FLOW_STEER => "steer".into(),
+        FLOW_NATIVE => "native".into(),
+        FLOW_REVNAT => "revnat".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Name of a TCP state (`FlowValue::state`): `none`, `syn`, `established`, `closing` or the
+/// number.
+pub fn state_name(s: u8) -> String {
+    match s {
+        ST_NONE => "none".into(),
+        ST_SYN => "syn".into(),
+        ST_EST => "established".into(),
+        ST_CLOSING => "closing".into(),
+        n => n.to_string(),
+    }
+}
+
 /// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`, which
 /// stamps `FlowValue::last_seen_ns` and `created_ns`.
 pub fn monotonic_coarse_ns() -> u64 {
@@ -342,6 +463,65 @@ mod tests {
         assert_eq!(decode_rule6(&h), Some((1, "fd00::1/128".parse().unwrap())));
         let bad = Key::new(20, Rule4Key::new(3, [10, 0, 0, 0]));
         assert_eq!(decode_rule4(&bad), None, "ruleset bits incomplete");
+    }
+
+    #[test]
+    fn counters_are_named_and_classed_by_prefix_without_reserved_slots() {
+        assert_eq!(counter_class("drop_too_big"), "drop");
+        assert_eq!(counter_class("err_rewrite"), "error");
+        assert_eq!(counter_class("pkt_ipv4"), "family");
+        assert_eq!(counter_class("mss_clamped"), "side");
+        assert_eq!(counter_class("flow_half_evicted"), "side");
+        let named: Vec<_> = named_counters(&[7; stats::COUNT as usize]).collect();
+        assert_eq!(named.len(), 29);
+        assert!(
+            named
+                .iter()
+                .all(|(n, v)| !n.starts_with("reserved") && *v == 7)
+        );
+    }
+
+    #[test]
+    fn occupancy_ratios_and_the_rule_id_capacity() {
+        let o = occupancy(3, 0, 1, 65_536, 2);
+        assert_eq!(o[0].map, names::RULES4);
+        assert_eq!(o[3].ratio, 1.0);
+        assert_eq!(o[4].capacity, 16_383);
+        let keys = [Ok(1u32), Err(MapError::KeyNotFound), Ok(2)];
+        assert_eq!(
+            count_keys(keys.into_iter()),
+            2,
+            "vanished keys are not counted"
+        );
+    }
+
+    #[test]
+    fn flow_kinds_and_states_have_names_and_unknown_ones_their_number() {
+        assert_eq!(kind_name(FLOW_STEER), "steer");
+        assert_eq!(kind_name(FLOW_REVNAT), "revnat");
+        assert_eq!(kind_name(99), "99");
+        assert_eq!(state_name(ST_EST), "established");
+        assert_eq!(state_name(42), "42");
+    }
+
+    #[test]
+    fn iface_addresses_are_the_flagged_ones_in_flow_key_form() {
+        let mut v = IfaceInfo {
+            addr4: [10, 0, 0, 5],
+            addr6: "fd00::5".parse::<Ipv6Addr>().unwrap().octets(),
+            flags: IFACE_F_V4,
+            ..Default::default()
+        };
+        let a: Vec<_> = iface_addrs16(&v).collect();
+        assert_eq!(a, vec![to_addr16("10.0.0.5".parse().unwrap()).1]);
+        v.flags = IFACE_F_V4 | IFACE_F_V6;
+        let a: Vec<_> = iface_addrs16(&v).collect();
+        assert_eq!(
+            a,
+            vec![[10, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], v.addr6]
+        );
+        v.flags = 0;
+        assert_eq!(iface_addrs16(&v).count(), 0);
     }
 
     #[test]

@@ -50,8 +50,8 @@ use prometheus_client::{
 };
 
 use crate::{
-    cli::{self, counter_class, flows::kind_name, index::RuleIndex, named_counters},
-    maps::Maps,
+    maps::{MapUse, Maps, count_keys, counter_class, kind_name, named_counters, occupancy},
+    report::index::RuleIndex,
 };
 
 /// Default address of the metrics endpoint.
@@ -238,14 +238,14 @@ impl Collector for MapCollector {
             &series,
         )?;
         let v4 = rules.iter().filter(|r| r.prefix.addr().is_ipv4()).count() as u64;
-        let occ = cli::occupancy(
+        let occ = occupancy(
             v4,
             rules.len() as u64 - v4,
-            cli::count_keys(maps.ifaces.keys()),
+            count_keys(maps.ifaces.keys()),
             flows,
             ids.len() as u64,
         );
-        let lab = |m: &cli::MapUse| -> Labels { vec![("map", m.map.to_string())] };
+        let lab = |m: &MapUse| -> Labels { vec![("map", m.map.to_string())] };
         let entries: Vec<(Labels, i64)> = occ.iter().map(|m| (lab(m), m.entries as i64)).collect();
         let cap: Vec<(Labels, i64)> = occ.iter().map(|m| (lab(m), m.capacity as i64)).collect();
         let ratio: Vec<(Labels, f64)> = occ.iter().map(|m| (lab(m), m.ratio)).collect();

@@ -871,9 +871,7 @@ impl Reconciler {
             .collect();
         let mut addrs = BTreeSet::new();
         for (k, info) in stale {
-            let mut a4 = [0u8; 16];
-            a4[..4].copy_from_slice(&info.addr4);
-            addrs.insert(a4);
+            addrs.insert(crate::maps::to_addr16(IpAddr::from(info.addr4)).1);
             addrs.insert(info.addr6);
             let _ = self.maps.ifaces.remove(&k);
         }
@@ -1000,16 +998,12 @@ fn write_debug_flag(maps: &mut Maps, on: bool) -> Result<(), ReconcileError> {
 
 /// A pod interface's addresses as flow-key bytes (IPv4 in the first four).
 fn addresses(f: &IfaceFacts) -> Vec<[u8; 16]> {
-    let mut v = Vec::new();
-    if let Some(a) = f.v4 {
-        let mut b = [0u8; 16];
-        b[..4].copy_from_slice(&a.octets());
-        v.push(b);
-    }
-    if let Some(a) = f.v6 {
-        v.push(a.octets());
-    }
-    v
+    let v4 = f.v4.map(IpAddr::V4);
+    let v6 = f.v6.map(IpAddr::V6);
+    v4.into_iter()
+        .chain(v6)
+        .map(|a| crate::maps::to_addr16(a).1)
+        .collect()
 }
 
 /// Errors of setting up one pod.

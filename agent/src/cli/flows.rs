@@ -5,12 +5,12 @@ use std::{collections::HashMap, net::IpAddr};
 
 use serde::Serialize;
 use veer_common::{
-    DIR_OUT, FAMILY_V4, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER, FlowKey, FlowValue, IFACE_F_V4,
-    IFACE_F_V6, IfaceInfo, IfaceKey, ST_CLOSING, ST_EST, ST_NONE, ST_SYN,
+    DIR_OUT, FAMILY_V4, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER, FlowKey, FlowValue, IfaceInfo,
+    IfaceKey,
 };
 
 use super::{index::RuleIndex, maps::ConfigRow, or_dash, proto_name, table};
-use crate::maps::addr16;
+use crate::maps::{addr16, iface_addrs16, kind_name, state_name};
 use crate::report::PodReport;
 
 /// One flow entry, decoded.
@@ -53,27 +53,6 @@ pub struct FlowRow {
     pub entry: Option<String>,
 }
 
-/// Name of a flow kind.
-pub fn kind_name(k: u8) -> String {
-    match k {
-        FLOW_STEER => "steer".into(),
-        FLOW_NATIVE => "native".into(),
-        FLOW_REVNAT => "revnat".into(),
-        n => n.to_string(),
-    }
-}
-
-/// Name of a TCP state.
-pub fn state_name(s: u8) -> String {
-    match s {
-        ST_NONE => "none".into(),
-        ST_SYN => "syn".into(),
-        ST_EST => "established".into(),
-        ST_CLOSING => "closing".into(),
-        n => n.to_string(),
-    }
-}
-
 /// What decoding needs besides the entries.
 pub struct Context<'a> {
     pub ifaces: &'a [(IfaceKey, IfaceInfo)],
@@ -94,13 +73,8 @@ pub fn rows(flows: &[(FlowKey, FlowValue)], cx: &Context<'_>) -> Vec<FlowRow> {
     // Pod address → the pod's namespace cookie.
     let mut by_addr: HashMap<[u8; 16], u64> = HashMap::new();
     for (_, v) in cx.ifaces {
-        if v.flags & IFACE_F_V4 != 0 {
-            let mut a = [0u8; 16];
-            a[..4].copy_from_slice(&v.addr4);
+        for a in iface_addrs16(v) {
             by_addr.insert(a, v.netns_cookie);
-        }
-        if v.flags & IFACE_F_V6 != 0 {
-            by_addr.insert(v.addr6, v.netns_cookie);
         }
     }
     let by_id = cx.index.map(RuleIndex::by_rule_id).unwrap_or_default();
@@ -237,12 +211,10 @@ pub fn render(rows: &[FlowRow]) -> String {
 mod tests {
     use super::*;
     use crate::cli::{index::tests_support::sample_index, maps::effective_config};
-    use veer_common::{Config, DIR_IN, IFACE_F_GW4};
+    use veer_common::{Config, DIR_IN, IFACE_F_GW4, IFACE_F_V4, ST_CLOSING, ST_EST, ST_NONE};
 
     fn v4(a: [u8; 4]) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[..4].copy_from_slice(&a);
-        b
+        crate::maps::to_addr16(IpAddr::from(a)).1
     }
 
     #[test]

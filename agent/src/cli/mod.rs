@@ -1,4 +1,5 @@
-//! The read-only side of the `veer` command: `status`, `maps`, `flows`, `trace`.
+//! The rendering side of the read-only `veer` commands: `status`, `maps`, `flows`, `trace`,
+//! `stats`, `debug status`.
 //!
 //! Everything here renders what [`crate::maps`] decodes from the pinned maps
 //! ([`Maps::open_pinned`], [`crate::maps::Snapshot`]) plus the agent's status file and
@@ -7,97 +8,16 @@
 //! `docs/operations.md`) from decoded data with a pure function, then renders it as a table or
 //! JSON; the pure parts are unit-tested without maps.
 
+pub mod debug;
 pub mod flows;
 /// The rule index is the report's (the CLI reads it): re-exported under its old path.
 pub use crate::report::index;
 pub mod maps;
+pub mod stats;
 pub mod status;
 pub mod trace;
 
-use std::{collections::BTreeSet, fmt::Write as _};
-
-use serde::Serialize;
-use veer_common::{maps as names, stats};
-
-use crate::maps::{Maps, MapsError, read_rules};
-
-/// Occupancy of one map.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MapUse {
-    /// Map name (`VEER_RULES4_V1`, …); for `VEER_RSTATS_V1`, the rule ids in use.
-    pub map: &'static str,
-    pub entries: u64,
-    pub capacity: u64,
-    /// `entries / capacity`, 0..1.
-    pub ratio: f64,
-}
-
-/// Occupancy of the maps that fill up: both tries, interfaces, flows, rule ids.
-pub fn occupancy(rules4: u64, rules6: u64, ifaces: u64, flows: u64, rule_ids: u64) -> Vec<MapUse> {
-    let u = |map, entries: u64, capacity: u32| MapUse {
-        map,
-        entries,
-        capacity: u64::from(capacity),
-        ratio: entries as f64 / f64::from(capacity.max(1)),
-    };
-    vec![
-        u(names::RULES4, rules4, names::RULES_MAX),
-        u(names::RULES6, rules6, names::RULES_MAX),
-        u(names::IFACES, ifaces, names::IFACES_MAX),
-        u(names::FLOWS, flows, names::FLOWS_MAX),
-        // Ids are 1..RULE_STATS_MAX.
-        u(names::RULE_STATS, rule_ids, names::RULE_STATS_MAX - 1),
-    ]
-}
-
-/// Counts the keys of a map without reading values (cheaper for the flow table).
-pub fn count_keys<I, K>(keys: I) -> u64
-where
-    I: Iterator<Item = Result<K, aya::maps::MapError>>,
-{
-    keys.filter(Result::is_ok).count() as u64
-}
-
-/// Occupancy read from live maps (keys only).
-pub fn read_occupancy(maps: &Maps) -> Result<Vec<MapUse>, MapsError> {
-    let rules = read_rules(maps)?;
-    let v4 = rules.iter().filter(|r| r.prefix.addr().is_ipv4()).count() as u64;
-    let ids: BTreeSet<u32> = rules
-        .iter()
-        .map(|r| r.value.rule_id)
-        .filter(|i| *i != 0)
-        .collect();
-    Ok(occupancy(
-        v4,
-        rules.len() as u64 - v4,
-        count_keys(maps.ifaces.keys()),
-        count_keys(maps.flows.keys()),
-        ids.len() as u64,
-    ))
-}
-
-/// The class of a counter of [`veer_common::stats`]: `family`, `pass`, `steer`, `revnat`,
-/// `drop`, `error` or `side`.
-pub fn counter_class(name: &str) -> &'static str {
-    match name.split('_').next().unwrap_or("") {
-        "pkt" => "family",
-        "pass" => "pass",
-        "steer" => "steer",
-        "revnat" => "revnat",
-        "drop" => "drop",
-        "err" => "error",
-        _ => "side",
-    }
-}
-
-/// `(name, value)` of every counter that is not reserved.
-pub fn named_counters(totals: &[u64]) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-    stats::NAMES
-        .iter()
-        .zip(totals.iter().copied())
-        .filter(|(n, _)| !n.starts_with("reserved"))
-        .map(|(n, v)| (*n, v))
-}
+use std::fmt::Write as _;
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn mac_str(m: &[u8; 6]) -> String {
@@ -186,19 +106,11 @@ mod tests {
     }
 
     #[test]
-    fn decoding_helpers() {
+    fn macs_protocols_and_byte_counts_render() {
         assert_eq!(mac_str(&[2, 0, 0, 0, 0xab, 1]), "02:00:00:00:ab:01");
         assert_eq!(proto_name(6), "tcp");
         assert_eq!(proto_name(132), "132");
-        assert_eq!(counter_class("drop_too_big"), "drop");
-        assert_eq!(counter_class("err_rewrite"), "error");
-        assert_eq!(counter_class("mss_clamped"), "side");
-        assert_eq!(counter_class("flow_half_evicted"), "side");
-        assert_eq!(named_counters(&[0; 32]).count(), 29);
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
-        let o = occupancy(3, 0, 1, 65_536, 2);
-        assert_eq!(o[3].ratio, 1.0);
-        assert_eq!(o[4].capacity, 16_383);
     }
 }

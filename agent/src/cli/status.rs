@@ -15,13 +15,13 @@ use serde::Serialize;
 
 use crate::{
     debug::DebugState,
+    maps::{MapUse, counter_class, named_counters},
     report::{PodFailure, PodReport, StatusError, StatusFile},
 };
 
 use super::{
-    MapUse, counter_class,
     index::{RouteIssue, RuleIndex, SlotName},
-    named_counters, or_dash, table,
+    or_dash, table,
 };
 
 /// Default location of the agent's status file.
@@ -442,8 +442,8 @@ pub fn render(r: &StatusReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{index::tests_support::sample_index, occupancy};
     use crate::report::{Mode, PodIface, Skipped};
+    use crate::{cli::index::tests_support::sample_index, maps::occupancy};
 
     /// A standalone agent's status: one pod with two interfaces, one skipped.
     fn standalone() -> StatusFile {

@@ -8,7 +8,7 @@
 //! kernel's own longest-prefix match), and any disagreement with the model is reported.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
     path::Path,
@@ -16,13 +16,16 @@ use std::{
 
 use serde::Serialize;
 use veer_common::{
-    IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, NeverSteered, RuleValue,
-    never_steered, stats,
+    DIR_OUT, FlowKey, FlowValue, IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo,
+    IfaceKey, NeverSteered, RuleValue, never_steered, stats,
 };
 
 use super::{flows::FlowRow, index::RuleIndex, index::via_of};
 use crate::report::PodReport;
-use crate::{lpm::RefRules, maps::to_addr16};
+use crate::{
+    lpm::RefRules,
+    maps::{iface_addrs16, to_addr16},
+};
 
 /// Protocol of the traced packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -525,6 +528,31 @@ pub fn explain(i: &TraceInput<'_>) -> TraceReport {
     r
 }
 
+/// The pod's existing flows to the destination: outgoing entries from one of the addresses of
+/// `ifaces` (the pod's interface entries) to `dst` with `proto` (and `port`, when given).
+pub fn pod_flows(
+    flows: &[(FlowKey, FlowValue)],
+    ifaces: &[(IfaceKey, IfaceInfo)],
+    dst: IpAddr,
+    port: Option<u16>,
+    proto: Proto,
+) -> Vec<(FlowKey, FlowValue)> {
+    let own: BTreeSet<[u8; 16]> = ifaces.iter().flat_map(|(_, v)| iface_addrs16(v)).collect();
+    let (family, daddr) = to_addr16(dst);
+    flows
+        .iter()
+        .filter(|(k, _)| {
+            k.dir == DIR_OUT
+                && k.family == family
+                && k.daddr == daddr
+                && own.contains(&k.saddr)
+                && k.proto == proto.number(dst)
+                && port.is_none_or(|p| u16::from_be(k.dport) == p)
+        })
+        .copied()
+        .collect()
+}
+
 /// Finds the pod: `namespace/name` (or a unique `name`) in the status file, or a network
 /// namespace path. Returns its label, namespace cookie (via `cookie_of` for a path) and status
 /// entry.
@@ -854,6 +882,58 @@ mod tests {
         // Without an index the live answer decides.
         let r = explain(&input(&ifs, None, &s, "10.86.1.1", Some(None)));
         assert_eq!(r.counter, "pass_no_rule");
+    }
+
+    #[test]
+    fn pod_flows_are_the_outgoing_ones_from_the_pods_addresses_to_the_destination() {
+        let ifaces = pod_ifaces(true, true);
+        let dst: IpAddr = "10.86.1.1".parse().unwrap();
+        let key = |saddr: &str, daddr: IpAddr, dport: u16, proto: u8, dir: u8| {
+            let (family, daddr) = to_addr16(daddr);
+            FlowKey {
+                saddr: to_addr16(saddr.parse().unwrap()).1,
+                daddr,
+                sport: 40000u16.to_be(),
+                dport: dport.to_be(),
+                proto,
+                family,
+                dir,
+                ..Default::default()
+            }
+        };
+        let v = FlowValue::default();
+        let mine_eth0 = key("10.0.0.5", dst, 80, 6, DIR_OUT);
+        let mine_eth1 = key("10.124.2.5", dst, 443, 6, DIR_OUT);
+        let flows = [
+            mine_eth0,
+            mine_eth1,
+            key("10.0.0.9", dst, 80, 6, DIR_OUT), // another pod
+            key("10.0.0.5", "10.86.1.2".parse().unwrap(), 80, 6, DIR_OUT), // another destination
+            key("10.0.0.5", dst, 80, 17, DIR_OUT), // UDP
+            key("10.0.0.5", dst, 80, 6, veer_common::DIR_IN), // reply direction
+        ]
+        .map(|k| (k, v));
+        let keys = |p| -> Vec<FlowKey> {
+            pod_flows(&flows, &ifaces, dst, p, Proto::Tcp)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(keys(None), vec![mine_eth0, mine_eth1]);
+        assert_eq!(keys(Some(443)), vec![mine_eth1]);
+        assert!(pod_flows(&flows, &[], dst, None, Proto::Tcp).is_empty());
+        let v6 = [(
+            key("fd00:124::5", "fd00:86::1".parse().unwrap(), 80, 6, DIR_OUT),
+            v,
+        )];
+        let n = pod_flows(
+            &v6,
+            &ifaces,
+            "fd00:86::1".parse().unwrap(),
+            None,
+            Proto::Tcp,
+        );
+        assert_eq!(n.len(), 1, "IPv6 flows of the pod's IPv6 address");
     }
 
     #[test]

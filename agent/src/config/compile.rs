@@ -521,12 +521,7 @@ pub fn compile<'a>(
                 }
                 0
             });
-            let mut via = [0u8; 16];
-            match c.via {
-                Some(IpAddr::V4(a)) => via[..4].copy_from_slice(&a.octets()),
-                Some(IpAddr::V6(a)) => via.copy_from_slice(&a.octets()),
-                None => {}
-            }
+            let via = c.via.map_or([0u8; 16], |a| crate::maps::to_addr16(a).1);
             let value = RuleValue {
                 rule_id,
                 slot: c.slot,
