@@ -80,16 +80,9 @@ impl IndexEntry {
             slot: self.slot,
             ..Default::default()
         };
-        match self.via {
-            Some(IpAddr::V4(a)) => {
-                v.flags = RULE_F_VIA;
-                v.via[..4].copy_from_slice(&a.octets());
-            }
-            Some(IpAddr::V6(a)) => {
-                v.flags = RULE_F_VIA;
-                v.via = a.octets();
-            }
-            None => {}
+        if let Some(via) = self.via {
+            v.flags = RULE_F_VIA;
+            v.via = crate::maps::to_addr16(via).1;
         }
         v
     }
