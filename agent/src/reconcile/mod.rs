@@ -2,32 +2,65 @@
 //! map writes and program attachments out. Level-triggered: each call compares the desired
 //! state with what is applied and writes only the difference.
 //!
-//! Order of writes (make before break, so no packet sees an uncovered address mid-update):
-//! counters of re-used rule ids are zeroed, then new and changed rule entries are written, then
-//! stale ones deleted. Each trie entry changes atomically; a packet sees, for each prefix,
-//! either its old or its new entry.
+//! This module holds the [`Reconciler`] type, its public API and the order of a round; the
+//! work is done by one module per responsibility:
+//! - [`rules`]: the rule tries and their tombstones (writing the rule difference, seeding sticky
+//!   slots and rule ids from the live tries, burying removed rules);
+//! - [`flows`]: flow-table maintenance (sweeping tombstones whose flows ended, carrying pinned
+//!   flows into a pod's new ruleset, removing a pod's flows);
+//! - [`pods`]: the pod lifecycle (new pod, refresh from the pod watch, set-up in named steps,
+//!   releasing vanished interfaces, removal, orphans);
+//! - [`debug_object`]: switching every pod to the debug object and back
+//!   ([`DebugEvents`](crate::debug::DebugEvents)).
+//!
+//! A round is [`Reconciler::apply_rules`] then [`Reconciler::sync_pods_with_rulesets`] (or
+//! [`sync_pods`](Reconciler::sync_pods)), the order both modes' loops call them in. Make before
+//! break, so no packet sees an uncovered address mid-update (each trie entry changes
+//! atomically; a packet sees, for each prefix, either its old or its new entry):
+//! - a compilation the tries cannot hold is refused before anything is written
+//!   ([`Reconciler::check_capacity`]);
+//! - counters of re-used rule ids are zeroed, then new and changed rule entries are written,
+//!   then removed ones are buried as tombstones (overwritten in place, not deleted)
+//!   ([`Reconciler::write_rule_diff`], [`Reconciler::adopt_live_rules`]);
+//! - a tombstone is deleted only once no live flow it pinned is left
+//!   ([`Reconciler::sweep_tombstones`]);
+//! - rules are applied before the pods are synced, so a pod's interface entry names a ruleset
+//!   only once the ruleset's rules are in the tries; a pod changing ruleset has its pinned flows
+//!   carried into the new one (host tombstones) before its entries name it
+//!   ([`Reconciler::resync_pod`], [`Reconciler::carry_flows`]);
+//! - a pod's links are attached (or their programs replaced in place) before its interface
+//!   entries are written; a gone pod loses its entries before its flows and link pins
+//!   ([`Reconciler::setup_pod`], [`Reconciler::remove_pod`]).
+//!
+//! Not make before break: when interface names gain or lose a slot, the rules carrying the
+//! new slots are written before every pod's slot table is rewritten
+//! ([`Reconciler::rewrite_slot_tables`]), so in between a rule may name a slot a pod's table
+//! does not hold yet (such a rule is skipped for that pod). Slots are sticky, also across a
+//! restart ([`Reconciler::compile_sticky`]), so this happens only when a name is first used or
+//! no longer used.
+
+mod debug_object;
+mod flows;
+mod pods;
+mod rules;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
-use aya::maps::{MapError, PerCpuValues};
+use aya::maps::MapError;
 use ipnet::IpNet;
-use veer_common::{FlowKey, FlowValue, IfaceInfo, IfaceKey, RuleStats, RuleValue, paths};
+use veer_common::{IfaceKey, RuleValue};
 
+use self::debug_object::write_debug_flag;
+pub use self::{pods::PodError, rules::base_from_live};
 use crate::{
-    attach::{AttachError, PodLinks, attach_pod, detach_pod},
-    config::{
-        Compiled, PodSandbox,
-        compile::{RuleIdentity, SlotTable},
-        diff,
-    },
-    dataplane::{Dataplane, DataplaneError, DebugLog},
-    debug::DebugEvents,
-    maps::{Maps, MapsError, rule4_key, rule6_key},
-    podnet::{self, IfaceFacts, PodnetError, SlotTargets},
+    attach::PodLinks,
+    config::{Compiled, PodSandbox},
+    dataplane::{Dataplane, DataplaneError},
+    maps::{Maps, MapsError},
+    podnet::IfaceFacts,
     podwatch::PodWatch,
     report::{PodFailure, PodIface, PodReport, Skipped},
 };
@@ -209,230 +242,29 @@ impl Reconciler {
             .collect()
     }
 
-    /// Rule entries currently in the tries.
-    fn live_rules(&self) -> Result<BTreeMap<(u32, IpNet), RuleValue>, ReconcileError> {
-        let mut out = BTreeMap::new();
-        for r in self.maps.rules4.iter() {
-            let (k, v) = r.map_err(|source| ReconcileError::Write {
-                what: "reading",
-                key: "rules4".into(),
-                source,
-            })?;
-            if let Some((rs, n)) = crate::maps::decode_rule4(&k) {
-                out.insert((rs, IpNet::V4(n)), v);
-            }
-        }
-        for r in self.maps.rules6.iter() {
-            let (k, v) = r.map_err(|source| ReconcileError::Write {
-                what: "reading",
-                key: "rules6".into(),
-                source,
-            })?;
-            if let Some((rs, n)) = crate::maps::decode_rule6(&k) {
-                out.insert((rs, IpNet::V6(n)), v);
-            }
-        }
-        Ok(out)
-    }
-
-    fn upsert_rule(
-        &mut self,
-        ruleset: u32,
-        dst: IpNet,
-        v: RuleValue,
-    ) -> Result<(), ReconcileError> {
-        match dst {
-            IpNet::V4(n) => self.maps.rules4.insert(&rule4_key(ruleset, n), v, 0),
-            IpNet::V6(n) => self.maps.rules6.insert(&rule6_key(ruleset, n), v, 0),
-        }
-        .map_err(|source| ReconcileError::Write {
-            what: "rule",
-            key: format!("{ruleset}/{dst}"),
-            source,
-        })
-    }
-
-    fn delete_rule(&mut self, ruleset: u32, dst: IpNet) -> Result<(), ReconcileError> {
-        let r = match dst {
-            IpNet::V4(n) => self.maps.rules4.remove(&rule4_key(ruleset, n)),
-            IpNet::V6(n) => self.maps.rules6.remove(&rule6_key(ruleset, n)),
-        };
-        match r {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ReconcileError::Write {
-                what: "rule delete",
-                key: format!("{ruleset}/{dst}"),
-                source,
-            }),
-        }
-    }
-
-    /// Refuses a compilation the tries cannot hold, before writing anything: entries of `new`,
-    /// plus the tombstones that removed entries would leave, per family.
-    fn check_capacity(&self, new: &Compiled) -> Result<(), ReconcileError> {
-        let mut keys: BTreeSet<(u32, IpNet)> = new.entries.keys().copied().collect();
-        keys.extend(self.tombstones.keys().copied());
-        keys.extend(self.applied.entries.keys().copied());
-        for (family, v6) in [("IPv4", false), ("IPv6", true)] {
-            let wanted = keys
-                .iter()
-                .filter(|(_, d)| matches!(d, IpNet::V6(_)) == v6)
-                .count();
-            if wanted > veer_common::maps::RULES_MAX as usize {
-                return Err(ReconcileError::Capacity {
-                    family,
-                    wanted,
-                    capacity: veer_common::maps::RULES_MAX,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Replaces a removed rule by its tombstone: it steers nothing new, but keeps the flows it
-    /// pinned visible to the egress program (which consults the flow table only for covered
-    /// destinations) until they end.
-    fn bury(&mut self, ruleset: u32, dst: IpNet, v: RuleValue) -> Result<(), ReconcileError> {
-        let tomb = RuleValue {
-            flags: v.flags | veer_common::RULE_F_TOMBSTONE,
-            ..v
-        };
-        self.upsert_rule(ruleset, dst, tomb)?;
-        self.tombstones.insert((ruleset, dst), tomb);
-        Ok(())
-    }
-
-    /// Deletes the tombstones no live flow needs any more, and with them the flow entries that
-    /// have idled out (the datapath removes those lazily, on their next packet). Costs one pass
-    /// over the flow table, only while tombstones exist.
-    fn sweep_tombstones(&mut self) -> Result<(), ReconcileError> {
-        if self.tombstones.is_empty() {
-            return Ok(());
-        }
-        let cfg = self.maps.config_entry().unwrap_or_default();
-        let now = crate::maps::monotonic_coarse_ns();
-        let mut live: Vec<(u32, IpAddr)> = Vec::new();
-        let mut dead: Vec<FlowKey> = Vec::new();
-        for (k, v, daddr) in self.steered_out_flows() {
-            let timeout_s = cfg.timeout_s(v.state);
-            // One second of slack: the datapath refreshes `last_seen_ns` at most once a second.
-            if now.saturating_sub(v.last_seen_ns) > (u64::from(timeout_s) + 1) * 1_000_000_000 {
-                dead.push(k);
-                continue;
-            }
-            live.push((v.rule_id, daddr));
-        }
-        for k in dead {
-            if let Ok(v) = self.maps.flows.get(&k, 0) {
-                let _ = self
-                    .maps
-                    .flows
-                    .remove(&k.reverse(v.addr, veer_common::DIR_IN));
-            }
-            let _ = self.maps.flows.remove(&k);
-        }
-        let done: Vec<(u32, IpNet)> = self
-            .tombstones
-            .iter()
-            .filter(|((_, dst), t)| {
-                !live
-                    .iter()
-                    .any(|(id, a)| *id == t.rule_id && dst.contains(a))
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for (rs, dst) in done {
-            self.delete_rule(rs, dst)?;
-            self.tombstones.remove(&(rs, dst));
-        }
-        Ok(())
-    }
-
-    fn reset_counter(&mut self, id: u32) -> Result<(), ReconcileError> {
-        let cpus =
-            aya::util::nr_cpus().map_err(|(_, source)| ReconcileError::Cpus { id, source })?;
-        let zero = PerCpuValues::try_from(vec![RuleStats::default(); cpus]).expect("non-empty");
-        self.maps
-            .rule_stats
-            .set(id, zero, 0)
-            .map_err(|source| ReconcileError::Write {
-                what: "counters",
-                key: format!("rule {id}"),
-                source,
-            })
-    }
-
     /// Makes the tries hold exactly `new`'s entries. The first call after start compares with the
     /// live maps (adopting what a previous agent left, without removing anything briefly);
     /// later calls write only the difference from the previous compilation.
+    ///
+    /// In this order: the capacity check (nothing is written when it fails); the rule writes
+    /// (make before break, see [`rules`]); the sweep of tombstones whose flows ended; `new`
+    /// becomes the compilation in force; and, when interface names gained or lost a slot, every
+    /// managed pod is set up again (its slot table rewritten, after the rules).
     pub fn apply_rules(&mut self, new: Compiled) -> Result<(), ReconcileError> {
         self.check_capacity(&new)?;
-        let slots_changed;
-        if self.first {
-            let live = self.live_rules()?;
-            for (&(rs, dst), e) in &new.entries {
-                if live.get(&(rs, dst)) != Some(&e.value) {
-                    self.upsert_rule(rs, dst, e.value)?;
-                }
-            }
-            // Entries the desired state no longer has (removed while no agent ran, or
-            // tombstones a previous agent left) become tombstones: their flows may be pinned.
-            for (&(rs, dst), v) in &live {
-                if !new.entries.contains_key(&(rs, dst)) {
-                    self.bury(rs, dst, *v)?;
-                }
-            }
-            slots_changed = true;
+        let slots_changed = if self.first {
+            self.adopt_live_rules(&new)?;
             self.first = false;
+            true
         } else {
-            let d = diff(&self.applied, &new);
-            for id in &d.reset_counters {
-                self.reset_counter(*id)?;
-            }
-            for (rs, dst, v) in d.upsert {
-                self.upsert_rule(rs, dst, v)?;
-                self.tombstones.remove(&(rs, dst));
-            }
-            for (rs, dst) in d.delete {
-                match self.applied.entries.get(&(rs, dst)) {
-                    Some(old) => {
-                        let v = old.value;
-                        self.bury(rs, dst, v)?;
-                    }
-                    None => self.delete_rule(rs, dst)?,
-                }
-            }
-            slots_changed = d.slots_changed;
-        }
+            self.write_rule_diff(&new)?
+        };
         self.sweep_tombstones()?;
         self.applied = new;
         if slots_changed {
-            // Interface names gained or lost a slot: every pod's slot table changes (rare).
-            let keys: Vec<PathBuf> = self.pods.keys().cloned().collect();
-            for k in keys {
-                if let Some(mut p) = self.pods.remove(&k) {
-                    let netns = p.netns.clone();
-                    match self.setup_pod(&mut p, false) {
-                        Ok(()) => {
-                            self.pods.insert(k, p);
-                        }
-                        Err(e) => self.fail(&p.namespace, &p.name, &netns, &e),
-                    }
-                }
-            }
+            self.rewrite_slot_tables();
         }
         Ok(())
-    }
-
-    fn fail(&mut self, namespace: &str, name: &str, netns: &Path, e: &dyn std::error::Error) {
-        let error = crate::error_chain(e);
-        tracing::warn!(pod = %format!("{namespace}/{name}"), netns = %netns.display(), %error, "pod not set up; retrying on next sync");
-        self.failures.push(PodFailure {
-            namespace: namespace.into(),
-            name: name.into(),
-            netns: netns.into(),
-            error,
-        });
     }
 
     /// Follows every managed pod's network facts for its whole life (see [`crate::podwatch`]):
@@ -454,51 +286,6 @@ impl Reconciler {
         }
     }
 
-    /// Starts following `netns` before its first discovery (so nothing changes unseen).
-    fn follow(&self, netns: &Path) {
-        if let Some(w) = &self.watch
-            && let Err(e) = w.watch(netns)
-        {
-            tracing::warn!(netns = %netns.display(), error = %crate::error_chain(&e), "cannot follow the pod's namespace; re-discovering it every round");
-        }
-    }
-
-    /// Re-discovers a managed pod's facts; when they changed, releases what belonged to
-    /// interfaces and addresses that went away. Returns whether anything changed.
-    fn refresh_facts(&mut self, p: &mut PodState) -> Result<bool, PodError> {
-        let facts = podnet::discover(&p.netns)?;
-        if facts == p.facts {
-            return Ok(false);
-        }
-        let now: BTreeSet<u32> = facts.iter().map(|f| f.ifindex).collect();
-        let gone: BTreeSet<u32> = p
-            .links
-            .iter()
-            .flat_map(|l| l.ifaces.iter().map(|(_, i)| *i))
-            .filter(|i| !now.contains(i))
-            .collect();
-        if !gone.is_empty() {
-            let root = self.dp.root().map(Path::to_path_buf);
-            for l in &mut p.links {
-                l.release(root.as_deref(), &gone);
-            }
-            p.links.retain(|l| !l.ifaces.is_empty());
-        }
-        let kept: BTreeSet<[u8; 16]> = facts.iter().flat_map(addresses).collect();
-        let lost: BTreeSet<[u8; 16]> = p
-            .facts
-            .iter()
-            .flat_map(addresses)
-            .filter(|a| !kept.contains(a))
-            .collect();
-        if !lost.is_empty() {
-            self.remove_flows(&lost);
-        }
-        tracing::info!(pod = %format!("{}/{}", p.namespace, p.name), before = ?p.facts.iter().map(|f| &f.name).collect::<Vec<_>>(), now = ?facts.iter().map(|f| &f.name).collect::<Vec<_>>(), "pod network changed");
-        p.facts = facts;
-        Ok(true)
-    }
-
     /// Makes the managed pods exactly `sandboxes` (those whose namespace exists), every pod in
     /// [`ALL_PODS_RULESET`](crate::config::compile::ALL_PODS_RULESET): new pods are discovered
     /// and attached, gone pods have every trace removed.
@@ -512,6 +299,12 @@ impl Reconciler {
 
     /// Like [`sync_pods`](Self::sync_pods), with each pod's ruleset given: a managed pod whose
     /// ruleset changed has its interface entries rewritten (its links stay).
+    ///
+    /// Runs after [`apply_rules`](Self::apply_rules) (the rulesets it names are in the tries).
+    /// In this order: gone pods are removed; each wanted pod that is managed is brought up to
+    /// date ([`Reconciler::resync_pod`]: pinned flows carried before its entries name a new
+    /// ruleset), each new one set up ([`Reconciler::add_pod`]); then exactly the managed pods
+    /// stay followed.
     pub fn sync_pods_with_rulesets(&mut self, pods: &[(PodSandbox, u32)]) {
         self.failures.clear();
         let want: BTreeMap<&Path, (&PodSandbox, u32)> = pods
@@ -537,63 +330,12 @@ impl Reconciler {
             .map(PodWatch::take_changed)
             .unwrap_or_default();
         for (netns, (s, ruleset)) in want {
-            if let Some(mut p) = self.pods.remove(netns) {
-                if ruleset == DRAIN_RULESET && !self.has_steered_flows(&p) {
-                    self.remove_pod(p);
-                    continue;
-                }
-                let followed = self.watch.as_ref().is_some_and(|w| w.watches(netns));
-                let refreshed = if changed.contains(netns) || !followed {
-                    if !followed {
-                        self.follow(netns);
-                    }
-                    match self.refresh_facts(&mut p) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            // Keep the pod as it is; unfollowed, the next round retries.
-                            if let Some(w) = &self.watch {
-                                w.unwatch(netns);
-                            }
-                            self.fail(&s.namespace, &s.name, netns, &e);
-                            false
-                        }
-                    }
-                } else {
-                    false
-                };
-                if refreshed || p.ruleset != ruleset || p.debug != self.dp.is_debug() {
-                    if p.ruleset != ruleset {
-                        // Before the interface entries name the new ruleset (make before break).
-                        self.carry_flows(&p, ruleset);
-                    }
-                    p.ruleset = ruleset;
-                    if let Err(e) = self.setup_pod(&mut p, false) {
-                        self.fail(&s.namespace, &s.name, netns, &e);
-                    }
-                }
-                self.pods.insert(netns.to_path_buf(), p);
-                continue;
-            }
-            let mut p = PodState {
-                namespace: s.namespace.clone(),
-                name: s.name.clone(),
-                uid: s.uid.clone(),
-                netns: netns.to_path_buf(),
-                cookie: 0,
-                ruleset,
-                ifaces: Vec::new(),
-                skipped: Vec::new(),
-                facts: Vec::new(),
-                links: Vec::new(),
-                keys: Vec::new(),
-                debug: self.dp.is_debug(),
+            let kept = match self.pods.remove(netns) {
+                Some(p) => self.resync_pod(p, s, ruleset, changed.contains(netns)),
+                None => self.add_pod(s, ruleset),
             };
-            match self.setup_pod(&mut p, true) {
-                Ok(()) => {
-                    tracing::info!(pod = %format!("{}/{}", p.namespace, p.name), ifaces = ?p.ifaces, skipped = ?p.skipped, "pod managed");
-                    self.pods.insert(netns.to_path_buf(), p);
-                }
-                Err(e) => self.fail(&s.namespace, &s.name, netns, &e),
+            if let Some(p) = kept {
+                self.pods.insert(netns.to_path_buf(), p);
             }
         }
         // Exactly the managed pods are followed: a pod whose first set-up failed after its
@@ -603,495 +345,10 @@ impl Reconciler {
         }
     }
 
-    /// Whether a steered flow from one of the pod's addresses is in the flow table.
-    fn has_steered_flows(&self, p: &PodState) -> bool {
-        let addrs: BTreeSet<[u8; 16]> = p.facts.iter().flat_map(addresses).collect();
-        self.steered_out_flows()
-            .any(|(k, _, _)| addrs.contains(&k.saddr))
-    }
-
-    /// The outgoing entries of steered flows in the flow table, with their destination.
-    fn steered_out_flows(&self) -> impl Iterator<Item = (FlowKey, FlowValue, IpAddr)> + '_ {
-        self.maps
-            .flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| k.dir == veer_common::DIR_OUT && v.kind == veer_common::FLOW_STEER)
-            .map(|(k, v)| {
-                let daddr = crate::maps::addr16(k.family == veer_common::FAMILY_V4, &k.daddr);
-                (k, v, daddr)
-            })
-    }
-
-    /// Keeps the pod's pinned steered flows visible after it moves to ruleset `to`: the egress
-    /// program consults the flow table only for destinations its ruleset covers, so each flow
-    /// destination `to` does not cover gets a host tombstone there (it steers nothing new; the
-    /// sweep removes it once the flow has ended). Without it an established steered connection
-    /// would fall back to the kernel's path mid-stream, with another source address.
-    fn carry_flows(&mut self, p: &PodState, to: u32) {
-        let addrs: BTreeSet<[u8; 16]> = p.facts.iter().flat_map(addresses).collect();
-        let mut needed: BTreeMap<IpNet, u32> = BTreeMap::new();
-        for (k, v, daddr) in self.steered_out_flows() {
-            let covered = self
-                .applied
-                .entries
-                .keys()
-                .chain(self.tombstones.keys())
-                .any(|(rs, n)| *rs == to && n.contains(&daddr));
-            if addrs.contains(&k.saddr) && !covered {
-                needed.insert(IpNet::from(daddr), v.rule_id);
-            }
-        }
-        for (host, rule_id) in needed {
-            let v = RuleValue {
-                rule_id,
-                ..RuleValue::default()
-            };
-            match self.bury(to, host, v) {
-                Ok(()) => {
-                    tracing::info!(pod = %format!("{}/{}", p.namespace, p.name), ruleset = to, dst = %host, "pinned flow carried into the pod's new ruleset")
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %format!("{}/{}", p.namespace, p.name), dst = %host, error = %crate::error_chain(&e), "a pinned flow may fall back to the kernel's path")
-                }
-            }
-        }
-    }
-
-    /// Discovers the pod's interfaces, attaches to those a rule names, and writes their entries.
-    fn setup_pod(&mut self, p: &mut PodState, discover: bool) -> Result<(), PodError> {
-        if discover || p.facts.is_empty() {
-            self.follow(&p.netns);
-            p.facts = podnet::discover(&p.netns)?;
-        }
-        let slots: &SlotTable = &self.applied.slots;
-        // Every Ethernet interface gets the programs: a packet must be seen where the kernel
-        // routes it (usually eth0, which rules need not name) to be steered elsewhere.
-        // Interfaces no rule names have no slot (`NO_SLOT`): nothing steers *to* them.
-        let mut managed: Vec<(&IfaceFacts, u32)> = Vec::new();
-        p.skipped.clear();
-        for (name, _) in slots.iter() {
-            match podnet::find(&p.facts, name) {
-                Some(f) if !f.is_ether => p.skipped.push(Skipped {
-                    iface: name.into(),
-                    reason: "not an Ethernet interface".into(),
-                }),
-                Some(_) => {}
-                None => p.skipped.push(Skipped {
-                    iface: name.into(),
-                    reason: format!(
-                        "the pod has no interface {name}: rules with dev {name} are skipped for it"
-                    ),
-                }),
-            }
-        }
-        for f in p.facts.iter().filter(|f| f.is_ether) {
-            let slot = slots.get(&f.name).map_or(NO_SLOT, u32::from);
-            managed.push((f, slot));
-        }
-        // Attach only to interfaces not attached yet (the same ifindex keeps its links).
-        let attached: BTreeSet<u32> = p
-            .links
-            .iter()
-            .flat_map(|l| l.ifaces.iter().map(|(_, i)| *i))
-            .collect();
-        let names: Vec<String> = managed
-            .iter()
-            .filter(|(f, _)| !attached.contains(&f.ifindex))
-            .map(|(f, _)| f.name.clone())
-            .collect();
-        if p.debug != self.dp.is_debug() && !p.links.is_empty() {
-            // The other object was swapped in: adopting the pins replaces the programs in the
-            // existing links atomically (bpf_link_update), nothing is detached.
-            let all: Vec<String> = p
-                .links
-                .iter()
-                .flat_map(|l| l.ifaces.iter().map(|(n, _)| n.clone()))
-                .collect();
-            let links = attach_pod(&mut self.dp, &p.netns, &all)?;
-            p.links = vec![links];
-        }
-        p.debug = self.dp.is_debug();
-        if !names.is_empty() {
-            let links = attach_pod(&mut self.dp, &p.netns, &names)?;
-            p.links.push(links);
-        }
-        let cookie = match p.links.first() {
-            Some(l) => l.cookie,
-            None => crate::netns::netns_cookie(&p.netns)
-                .map_err(AttachError::from)?
-                .map_err(AttachError::Cookie)?,
-        };
-        let mut targets = SlotTargets::default();
-        for (f, slot) in &managed {
-            if let Ok(slot) = u16::try_from(*slot) {
-                targets.set(slot, f);
-            }
-        }
-        let keys: Vec<IfaceKey> = managed.iter().map(|(f, _)| podnet::iface_key(f)).collect();
-        // Entries of interfaces no longer managed (or whose MAC changed) go first.
-        for k in &p.keys {
-            if !keys.contains(k) {
-                let _ = self.maps.ifaces.remove(k);
-            }
-        }
-        for (f, slot) in &managed {
-            let info = podnet::iface_info(f, cookie, p.ruleset, *slot, &targets);
-            self.maps
-                .ifaces
-                .insert(podnet::iface_key(f), info, 0)
-                .map_err(|source| PodError::Write {
-                    iface: f.name.clone(),
-                    source,
-                })?;
-        }
-        // Keep the next hops resolved: a packet redirected while its next hop is unresolved is
-        // queued and later re-resolved through its original route, leaving with the wrong MACs.
-        let mut hops: Vec<(String, std::net::IpAddr)> = podnet::gateways(
-            &managed
-                .iter()
-                .map(|(f, _)| (*f).clone())
-                .collect::<Vec<_>>(),
-        );
-        for e in self.applied.entries.values() {
-            if e.value.flags & veer_common::RULE_F_VIA != 0
-                && let Some((f, _)) = managed.iter().find(|(_, s)| *s == u32::from(e.value.slot))
-            {
-                let via = match e.dst {
-                    IpNet::V4(_) => std::net::IpAddr::from(
-                        <[u8; 4]>::try_from(&e.value.via[..4]).expect("4 bytes"),
-                    ),
-                    IpNet::V6(_) => std::net::IpAddr::from(e.value.via),
-                };
-                if !f.reaches(via) {
-                    p.skipped.push(Skipped {
-                        iface: f.name.clone(),
-                        reason: format!(
-                            "{}: via {via} is not reachable on {} (neither its gateway nor in its \
-                             subnets): steered packets for {} would not be delivered",
-                            e.from, f.name, e.dst
-                        ),
-                    });
-                    tracing::warn!(pod = %format!("{}/{}", p.namespace, p.name), iface = %f.name, %via, rule = %e.from, "via not reachable on the rule's interface");
-                }
-                if !hops.iter().any(|(n, a)| *n == f.name && *a == via) {
-                    hops.push((f.name.clone(), via));
-                }
-            }
-        }
-        if let Err(e) = podnet::keep_resolved(&p.netns, &hops) {
-            p.skipped.push(Skipped {
-                iface: String::new(),
-                reason: format!(
-                    "next hops not pinned in the neighbour table: {}",
-                    crate::error_chain(&e)
-                ),
-            });
-        }
-        p.cookie = cookie;
-        p.keys = keys;
-        p.ifaces = managed
-            .iter()
-            .map(|(f, s)| (f.name.clone(), f.ifindex, u16::try_from(*s).ok()))
-            .collect();
-        if p.ruleset == DRAIN_RULESET {
-            p.skipped.push(Skipped {
-                iface: String::new(),
-                reason: "no Route selects the pod any more: its programs stay until its steered \
-                         flows end (no new flow is steered)"
-                    .into(),
-            });
-        }
-        if p.ifaces.is_empty() {
-            p.skipped.push(Skipped {
-                iface: String::new(),
-                reason: "no interface named by any rule".into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Removes every trace of a pod: interface entries, flows, pinned links.
-    fn remove_pod(&mut self, p: PodState) {
-        if let Some(w) = &self.watch {
-            w.unwatch(&p.netns);
-        }
-        for k in &p.keys {
-            let _ = self.maps.ifaces.remove(k);
-        }
-        let addrs: BTreeSet<[u8; 16]> = p.facts.iter().flat_map(addresses).collect();
-        self.remove_flows(&addrs);
-        if let Some(root) = self.dp.root()
-            && let Err(e) = detach_pod(root, p.cookie)
-        {
-            tracing::warn!(error = %crate::error_chain(&e), "removing link pins");
-        }
-        tracing::info!(pod = %format!("{}/{}", p.namespace, p.name), "pod gone: state removed");
-    }
-
-    /// Removes the flows of a pod: outgoing entries from its addresses, reply entries to them.
-    fn remove_flows(&mut self, addrs: &BTreeSet<[u8; 16]>) {
-        if addrs.is_empty() {
-            return;
-        }
-        let keys: Vec<FlowKey> = self
-            .maps
-            .flows
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| {
-                let local = if k.dir == veer_common::DIR_OUT {
-                    k.saddr
-                } else {
-                    k.daddr
-                };
-                addrs.contains(&local)
-            })
-            .collect();
-        for k in keys {
-            let _ = self.maps.flows.remove(&k);
-        }
-    }
-
     /// Removes state of pods that no longer exist but were left by a previous agent: interface
-    /// entries of no managed pod (and their flows) and link pins of unknown namespaces.
+    /// entries of no managed pod (and their flows) and link pins of unknown namespaces (see
+    /// [`Reconciler::remove_orphaned_state`]).
     pub fn remove_orphans(&mut self) {
-        let known_keys: std::collections::HashSet<IfaceKey> = self
-            .pods
-            .values()
-            .flat_map(|p| p.keys.iter().copied())
-            .collect();
-        let known: BTreeSet<u64> = self.pods.values().map(|p| p.cookie).collect();
-        let stale: Vec<(IfaceKey, IfaceInfo)> = self
-            .maps
-            .ifaces
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, _)| !known_keys.contains(k))
-            .collect();
-        let mut addrs = BTreeSet::new();
-        for (k, info) in stale {
-            let mut a4 = [0u8; 16];
-            a4[..4].copy_from_slice(&info.addr4);
-            addrs.insert(a4);
-            addrs.insert(info.addr6);
-            let _ = self.maps.ifaces.remove(&k);
-        }
-        addrs.remove(&[0u8; 16]);
-        self.remove_flows(&addrs);
-        if let Some(root) = self.dp.root().map(Path::to_path_buf)
-            && let Ok(rd) = std::fs::read_dir(root.join(paths::LINKS_DIR))
-        {
-            for e in rd.flatten() {
-                if let Some(c) = e.file_name().to_str().and_then(|s| s.parse::<u64>().ok())
-                    && !known.contains(&c)
-                {
-                    let _ = detach_pod(&root, c);
-                }
-            }
-        }
-    }
-}
-
-impl Reconciler {
-    /// Swaps the debug object in (`on`) or the default one back, for every managed pod, and
-    /// sets `CFG_F_DEBUG` accordingly (see [`crate::dataplane`]). Rules, interfaces, flows and
-    /// counters are the same pinned maps either way. A pod whose swap fails keeps running the
-    /// other object (both are complete) and is retried at the next pod sync.
-    pub fn switch_object(&mut self, on: bool) -> Result<Option<DebugLog>, ReconcileError> {
-        let root = self
-            .dp
-            .root()
-            .ok_or(ReconcileError::NotPinned)?
-            .to_path_buf();
-        let new = Dataplane::load_pinned_with(&root, on)?;
-        if !on {
-            // Quiet first: the debug programs check the flag at each event site.
-            write_debug_flag(&mut self.maps, false)?;
-        }
-        self.dp = new;
-        let keys: Vec<PathBuf> = self.pods.keys().cloned().collect();
-        for k in keys {
-            if let Some(mut p) = self.pods.remove(&k) {
-                if let Err(e) = self.setup_pod(&mut p, false) {
-                    let (ns, name) = (p.namespace.clone(), p.name.clone());
-                    self.fail(&ns, &name, &k, &e);
-                }
-                self.pods.insert(k, p);
-            }
-        }
-        if on {
-            write_debug_flag(&mut self.maps, true)?;
-        }
-        Ok(self.dp.take_debug_log())
-    }
-}
-
-impl DebugEvents for Reconciler {
-    fn debug_events(&self) -> bool {
-        self.dp.is_debug()
-    }
-
-    fn set_debug_events(&mut self, on: bool) -> Result<Option<DebugLog>, String> {
-        self.switch_object(on).map_err(|e| crate::error_chain(&e))
-    }
-}
-
-/// The slots and rule ids the live tries record, in the terms of `fresh` (a compilation of the
-/// current sources): an interface name takes the slot that the live entries of its rules carry,
-/// a rule identity the id its live entries carry. Ambiguous assignments (one name seen with two
-/// slots, one slot claimed by two names, and likewise for ids) and tombstones are left out, so
-/// the recompilation allocates those afresh. The result has no entries: it only seeds
-/// [`crate::config::compile`]'s stickiness.
-pub fn base_from_live(fresh: &Compiled, live: &BTreeMap<(u32, IpNet), RuleValue>) -> Compiled {
-    let by_slot = fresh.slots.by_slot();
-    let identity_of: BTreeMap<u32, &RuleIdentity> =
-        fresh.rule_ids.iter().map(|(i, n)| (*n, i)).collect();
-    let mut slots: BTreeMap<&str, BTreeSet<u16>> = BTreeMap::new();
-    let mut ids: BTreeMap<&RuleIdentity, BTreeSet<u32>> = BTreeMap::new();
-    for (key, e) in &fresh.entries {
-        let Some(v) = live.get(key) else { continue };
-        if v.flags & veer_common::RULE_F_TOMBSTONE != 0 {
-            continue;
-        }
-        if let Some(Some(name)) = by_slot.get(usize::from(e.value.slot)) {
-            slots.entry(name).or_default().insert(v.slot);
-        }
-        if let Some(identity) = identity_of.get(&e.value.rule_id) {
-            ids.entry(identity).or_default().insert(v.rule_id);
-        }
-    }
-    /// Single-valued assignments whose value no other key claims.
-    fn unique<K: Ord + Copy, V: Ord + Copy>(m: BTreeMap<K, BTreeSet<V>>) -> Vec<(K, V)> {
-        let single: Vec<(K, V)> = m
-            .into_iter()
-            .filter(|(_, vs)| vs.len() == 1)
-            .filter_map(|(k, vs)| vs.first().map(|v| (k, *v)))
-            .collect();
-        let mut count: BTreeMap<V, usize> = BTreeMap::new();
-        for (_, v) in &single {
-            *count.entry(*v).or_default() += 1;
-        }
-        single.into_iter().filter(|(_, v)| count[v] == 1).collect()
-    }
-    let slots = SlotTable::from_assignments(
-        unique(slots)
-            .into_iter()
-            .map(|(name, slot)| (name.to_string(), slot)),
-    )
-    .unwrap_or_default();
-    let rule_ids = unique(ids)
-        .into_iter()
-        .filter(|(_, id)| (1..veer_common::maps::RULE_STATS_MAX).contains(id))
-        .map(|(identity, id)| (identity.clone(), id))
-        .collect();
-    Compiled {
-        slots,
-        rule_ids,
-        ..Compiled::default()
-    }
-}
-
-/// Sets or clears `CFG_F_DEBUG` in `VEER_CONFIG_V1`, keeping the other settings.
-fn write_debug_flag(maps: &mut Maps, on: bool) -> Result<(), ReconcileError> {
-    maps.set_debug_flag(on)?;
-    Ok(())
-}
-
-/// A pod interface's addresses as flow-key bytes (IPv4 in the first four).
-fn addresses(f: &IfaceFacts) -> Vec<[u8; 16]> {
-    let mut v = Vec::new();
-    if let Some(a) = f.v4 {
-        let mut b = [0u8; 16];
-        b[..4].copy_from_slice(&a.octets());
-        v.push(b);
-    }
-    if let Some(a) = f.v6 {
-        v.push(a.octets());
-    }
-    v
-}
-
-/// Errors of setting up one pod.
-#[derive(Debug, thiserror::Error)]
-pub enum PodError {
-    #[error(transparent)]
-    Discover(#[from] PodnetError),
-    #[error(transparent)]
-    Attach(#[from] AttachError),
-    #[error("writing the interface entry of {iface}")]
-    Write {
-        iface: String,
-        #[source]
-        source: MapError,
-    },
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use crate::config::{ServiceIndex, compile_all_pods, load_str};
-
-    fn compile(text: &str, prev: &Compiled) -> Compiled {
-        let routes = load_str(Path::new("r.yaml"), text).unwrap().routes;
-        compile_all_pods(&routes, &ServiceIndex::new(), prev).unwrap()
-    }
-
-    /// The tries as a running datapath holds them after `c` was applied.
-    fn live(c: &Compiled) -> BTreeMap<(u32, IpNet), RuleValue> {
-        c.entries.iter().map(|(k, e)| (*k, e.value)).collect()
-    }
-
-    const ROUTE: &str = "apiVersion: k8s.ovn.org/v1\nkind: Route\nmetadata: {name: r}\nspec:\n  route: [{dst: 10.1.0.0/16, dev: eth1}, {dst: 10.2.0.0/16, dev: eth0}, {dst: 10.3.0.0/16, dev: eth1}]\n";
-
-    #[test]
-    fn a_restarted_agent_keeps_the_slots_and_rule_ids_the_live_maps_use() {
-        // History the restarted agent cannot recompute: eth1 was named first (slot 0), and
-        // the first rule was once removed and added back (a new id).
-        let history = compile(
-            "apiVersion: k8s.ovn.org/v1\nkind: Route\nmetadata: {name: r}\nspec:\n  route: [{dst: 10.3.0.0/16, dev: eth1}]\n",
-            &Compiled::default(),
-        );
-        let running = compile(ROUTE, &history);
-        assert_eq!(running.slots.get("eth1"), Some(0));
-        assert_eq!(running.slots.get("eth0"), Some(1));
-        let fresh = compile(ROUTE, &Compiled::default());
-        assert_eq!(fresh.slots.get("eth0"), Some(0), "recomputed table differs");
-        assert_ne!(fresh.entries, running.entries);
-
-        let base = base_from_live(&fresh, &live(&running));
-        let again = compile(ROUTE, &base);
-        assert_eq!(again.slots, running.slots);
-        assert_eq!(again.rule_ids, running.rule_ids);
-        assert_eq!(again.entries, running.entries, "nothing to rewrite");
-    }
-
-    #[test]
-    fn ambiguous_or_tombstoned_live_entries_seed_nothing() {
-        let fresh = compile(ROUTE, &Compiled::default());
-        let mut l = live(&fresh);
-        // Two eth1 rules whose live entries disagree on the slot: eth1's slot is not adopted.
-        let k1 = (1, "10.1.0.0/16".parse().unwrap());
-        l.get_mut(&k1).unwrap().slot = 5;
-        let base = base_from_live(&fresh, &l);
-        assert_eq!(base.slots.get("eth1"), None);
-        assert_eq!(base.slots.get("eth0"), Some(0));
-        // A tombstone says nothing about the rule in force.
-        let k2 = (1, "10.2.0.0/16".parse().unwrap());
-        let v = l.get_mut(&k2).unwrap();
-        v.flags |= veer_common::RULE_F_TOMBSTONE;
-        v.slot = 7;
-        v.rule_id = 99;
-        let base = base_from_live(&fresh, &l);
-        assert_eq!(base.slots.get("eth0"), None);
-        assert!(!base.rule_ids.values().any(|id| *id == 99));
-        assert!(base.entries.is_empty());
-        // Empty tries: nothing.
-        assert_eq!(
-            base_from_live(&fresh, &BTreeMap::new()),
-            Compiled::default()
-        );
+        self.remove_orphaned_state();
     }
 }
