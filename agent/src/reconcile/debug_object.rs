@@ -17,7 +17,7 @@ impl Reconciler {
     /// other object (both are complete) and is retried at the next pod sync.
     ///
     /// Make before break: each pod's programs are replaced inside its existing links
-    /// (`bpf_link_update`, in [`setup_pod`](Reconciler::setup_pod)), nothing is detached.
+    /// (`bpf_link_update`, in `setup_pod`), nothing is detached.
     /// Switching off, the flag is cleared before the first pod is swapped back (the debug
     /// programs check it at each event site, so they go quiet first); switching on, it is set
     /// only after every pod runs the debug programs.

@@ -4,13 +4,13 @@
 //!
 //! This module holds the [`Reconciler`] type, its public API and the order of a round; the
 //! work is done by one module per responsibility:
-//! - [`rules`]: the rule tries and their tombstones (writing the rule difference, seeding sticky
+//! - `rules`: the rule tries and their tombstones (writing the rule difference, seeding sticky
 //!   slots and rule ids from the live tries, burying removed rules);
-//! - [`flows`]: flow-table maintenance (sweeping tombstones whose flows ended, carrying pinned
+//! - `flows`: flow-table maintenance (sweeping tombstones whose flows ended, carrying pinned
 //!   flows into a pod's new ruleset, removing a pod's flows);
-//! - [`pods`]: the pod lifecycle (new pod, refresh from the pod watch, set-up in named steps,
+//! - `pods`: the pod lifecycle (new pod, refresh from the pod watch, set-up in named steps,
 //!   releasing vanished interfaces, removal, orphans);
-//! - [`debug_object`]: switching every pod to the debug object and back
+//! - `debug_object`: switching every pod to the debug object and back
 //!   ([`DebugEvents`](crate::debug::DebugEvents)).
 //!
 //! A round is [`Reconciler::apply_rules`] then [`Reconciler::sync_pods_with_rulesets`] (or
@@ -18,23 +18,23 @@
 //! break, so no packet sees an uncovered address mid-update (each trie entry changes
 //! atomically; a packet sees, for each prefix, either its old or its new entry):
 //! - a compilation the tries cannot hold is refused before anything is written
-//!   ([`Reconciler::check_capacity`]);
+//!   (`check_capacity`, in `rules`);
 //! - counters of re-used rule ids are zeroed, then new and changed rule entries are written,
 //!   then removed ones are buried as tombstones (overwritten in place, not deleted)
-//!   ([`Reconciler::write_rule_diff`], [`Reconciler::adopt_live_rules`]);
+//!   (`write_rule_diff`, `adopt_live_rules` and `bury`, in `rules`);
 //! - a tombstone is deleted only once no live flow it pinned is left
-//!   ([`Reconciler::sweep_tombstones`]);
+//!   (`sweep_tombstones`, in `flows`);
 //! - rules are applied before the pods are synced, so a pod's interface entry names a ruleset
 //!   only once the ruleset's rules are in the tries; a pod changing ruleset has its pinned flows
 //!   carried into the new one (host tombstones) before its entries name it
-//!   ([`Reconciler::resync_pod`], [`Reconciler::carry_flows`]);
+//!   (`resync_pod` in `pods`, `carry_flows` in `flows`);
 //! - a pod's links are attached (or their programs replaced in place) before its interface
 //!   entries are written; a gone pod loses its entries before its flows and link pins
-//!   ([`Reconciler::setup_pod`], [`Reconciler::remove_pod`]).
+//!   (`setup_pod`, `attach_links` and `remove_pod`, in `pods`).
 //!
 //! Not make before break: when interface names gain or lose a slot, the rules carrying the
 //! new slots are written before every pod's slot table is rewritten
-//! ([`Reconciler::rewrite_slot_tables`]), so in between a rule may name a slot a pod's table
+//! (`rewrite_slot_tables`, in `pods`), so in between a rule may name a slot a pod's table
 //! does not hold yet (such a rule is skipped for that pod). Slots are sticky, also across a
 //! restart ([`Reconciler::compile_sticky`]), so this happens only when a name is first used or
 //! no longer used.
@@ -247,7 +247,7 @@ impl Reconciler {
     /// later calls write only the difference from the previous compilation.
     ///
     /// In this order: the capacity check (nothing is written when it fails); the rule writes
-    /// (make before break, see [`rules`]); the sweep of tombstones whose flows ended; `new`
+    /// (make before break, see `rules`); the sweep of tombstones whose flows ended; `new`
     /// becomes the compilation in force; and, when interface names gained or lost a slot, every
     /// managed pod is set up again (its slot table rewritten, after the rules).
     pub fn apply_rules(&mut self, new: Compiled) -> Result<(), ReconcileError> {
@@ -302,8 +302,8 @@ impl Reconciler {
     ///
     /// Runs after [`apply_rules`](Self::apply_rules) (the rulesets it names are in the tries).
     /// In this order: gone pods are removed; each wanted pod that is managed is brought up to
-    /// date ([`Reconciler::resync_pod`]: pinned flows carried before its entries name a new
-    /// ruleset), each new one set up ([`Reconciler::add_pod`]); then exactly the managed pods
+    /// date (`resync_pod` in `pods`: pinned flows carried before its entries name a new
+    /// ruleset), each new one set up (`add_pod`); then exactly the managed pods
     /// stay followed.
     pub fn sync_pods_with_rulesets(&mut self, pods: &[(PodSandbox, u32)]) {
         self.failures.clear();
@@ -347,7 +347,7 @@ impl Reconciler {
 
     /// Removes state of pods that no longer exist but were left by a previous agent: interface
     /// entries of no managed pod (and their flows) and link pins of unknown namespaces (see
-    /// [`Reconciler::remove_orphaned_state`]).
+    /// `remove_orphaned_state` in `pods`).
     pub fn remove_orphans(&mut self) {
         self.remove_orphaned_state();
     }

@@ -12,8 +12,9 @@
 //! 2. [choosing interfaces and slots](choose_interfaces): every Ethernet interface, with the
 //!    slot its name has (or [`NO_SLOT`]);
 //! 3. [attaching](Reconciler::attach_links): the pod's links exist (and run the object in
-//!    force) before any of its entries is written: an entry tells the programs to act, and the
-//!    entries are keyed by the cookie the links report;
+//!    force) before any of its entries is written: an entry tells the programs to act, it
+//!    carries the namespace cookie the links report, and a failed attach returns before any
+//!    entry is written;
 //! 4. [writing interface entries](Reconciler::write_iface_entries): entries of interfaces no
 //!    longer managed (other keys) are removed, then every managed interface's entry is written
 //!    whole (one atomic update each);
@@ -329,8 +330,8 @@ impl Reconciler {
 
     /// Removes every trace of a pod: interface entries, flows, pinned links.
     ///
-    /// In this order: its entries first (without them the programs pass the pod's packets
-    /// untouched and create no flow), then its flows, then its link pins.
+    /// In this order: its entries first (without them the programs steer nothing new from the
+    /// pod and pin no new flow), then its flows, then its link pins.
     pub(super) fn remove_pod(&mut self, p: PodState) {
         if let Some(w) = &self.watch {
             w.unwatch(&p.netns);

@@ -245,7 +245,7 @@ fn check_trie_capacity(
 /// a rule identity the id its live entries carry. Ambiguous assignments (one name seen with two
 /// slots, one slot claimed by two names, and likewise for ids) and tombstones are left out, so
 /// the recompilation allocates those afresh. The result has no entries: it only seeds
-/// [`crate::config::compile`]'s stickiness.
+/// [`crate::config::compile`](mod@crate::config::compile)'s stickiness.
 pub fn base_from_live(fresh: &Compiled, live: &RuleEntries) -> Compiled {
     let by_slot = fresh.slots.by_slot();
     let identity_of: BTreeMap<u32, &RuleIdentity> =
