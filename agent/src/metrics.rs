@@ -3,9 +3,8 @@
 //! A tiny HTTP/1.1 responder on a std thread serves:
 //! - `/metrics`: the registry below;
 //! - `/healthz`: 200 while the process runs;
-//! - `/readyz`: 200 once the maps are loaded and the first reconcile round is done (or, for an
-//!   agent loop that does not call [`Metrics::set_ready`], once a status file was written after
-//!   start: [`Metrics::ready_when_status_written`]), else 503.
+//! - `/readyz`: 200 once the maps are loaded and the first reconcile round is done (the node
+//!   loop's publisher calls [`Metrics::set_ready`], in both modes), else 503.
 //!
 //! Datapath metrics are read from the pinned maps at scrape time (so they are current and the
 //! same whatever the agent loop does); agent metrics are recorded by the loop.

@@ -5,7 +5,7 @@
 //! not handled); the reading is done by [`crate::maps`] and [`crate::report`], and the reports are
 //! built and rendered by [`crate::cli`]. This module holds what the read-only commands share:
 //! the agent's files ([`AgentFiles`]: status file and rule index) and the output format
-//! ([`Format`], [`print`]).
+//! ([`Format`], [`print`](fn@print)).
 
 pub mod cleanup;
 pub mod debug;
