@@ -5,7 +5,8 @@
 //! - [`ns`]: running a test body inside a brand-new network namespace of its own;
 //! - [`harness`]: the loaded programs with fresh maps, for `BPF_PROG_TEST_RUN` suites;
 //! - [`topology`]: dual-CNI pods, a node, an OVN gateway and servers made of network namespaces;
-//! - [`agent`]: the real `veer` agent binary run on files written by the test.
+//! - [`agent`]: the real `veer` agent binary run on files written by the test;
+//! - [`promql`]: metric names and labels of the monitoring manifests' PromQL expressions.
 
 pub mod agent;
 pub mod bench;
@@ -14,5 +15,6 @@ pub mod ns;
 pub mod packet;
 pub mod privileged;
 pub mod programs;
+pub mod promql;
 pub mod seed;
 pub mod topology;

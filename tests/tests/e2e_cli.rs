@@ -688,3 +688,204 @@ fn documented_config_recipe_sets_one_timeout_and_the_datapath_expires_idle_flows
     );
     assert_eq!(cli_config(&env), (false, [60, 2, 10, 60]));
 }
+
+/// `manifests/monitoring/<file>`.
+fn monitoring_file(file: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/monitoring")
+        .join(file);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The OpenMetrics text of a scrape: family types (`# TYPE`) and, per sample name, the label
+/// sets of its samples.
+type Scrape = (
+    BTreeMap<String, String>,
+    BTreeMap<String, Vec<BTreeMap<String, String>>>,
+);
+
+fn parse_scrape(body: &str) -> Scrape {
+    let mut types = BTreeMap::new();
+    let mut samples: BTreeMap<String, Vec<BTreeMap<String, String>>> = BTreeMap::new();
+    for line in body.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = t.split_once(' ').expect("# TYPE name type");
+            types.insert(name.to_string(), ty.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, _value) = line.rsplit_once(' ').expect("sample value");
+        let (name, labels) = match series.split_once('{') {
+            None => (series, BTreeMap::new()),
+            Some((n, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let labels = body
+                    .split("\",")
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| {
+                        let (k, v) = kv.split_once("=\"").expect("label=\"value\"");
+                        (k.to_string(), v.trim_end_matches('"').to_string())
+                    })
+                    .collect();
+                (n, labels)
+            }
+        };
+        samples.entry(name.to_string()).or_default().push(labels);
+    }
+    (types, samples)
+}
+
+/// Labels Prometheus puts on every series of a target: `node` by the PodMonitor's relabeling
+/// (checked in agent/tests/manifests.rs), the rest by the Prometheus Operator and Prometheus.
+const TARGET_LABELS: &[&str] = &[
+    "node",
+    "namespace",
+    "pod",
+    "container",
+    "endpoint",
+    "instance",
+    "job",
+];
+/// Series Prometheus itself records for a target (not served by the agent).
+const PROMETHEUS_SERIES: &[&str] = &["up"];
+
+/// Problems of one PromQL expression against a scrape: metric names not served (or served with
+/// another type), label names and required label values absent from the served series.
+fn expr_problems(origin: &str, expr: &str, scrape: &Scrape) -> Vec<String> {
+    use veer_tests::promql;
+    let (types, samples) = scrape;
+    let r = match promql::refs(expr) {
+        Ok(r) => r,
+        Err(e) => return vec![format!("{origin}: {e}")],
+    };
+    let mut bad = Vec::new();
+    if r.selectors.is_empty() {
+        bad.push(format!("{origin}: no metric in {expr:?}"));
+    }
+    let mut labels_here: BTreeSet<&str> = TARGET_LABELS.iter().copied().collect();
+    for sel in &r.selectors {
+        if PROMETHEUS_SERIES.contains(&sel.metric.as_str()) {
+            continue;
+        }
+        let (family, want) = promql::family_of(&sel.metric);
+        let served = samples.get(&sel.metric).map(Vec::as_slice).unwrap_or(&[]);
+        // A gauge may be served as it is; counters and histograms by their family.
+        let ty = types
+            .get(&family)
+            .or_else(|| types.get(&sel.metric))
+            .map(String::as_str);
+        if served.is_empty() {
+            bad.push(format!(
+                "{origin}: metric {} is not served (no such sample in /metrics)",
+                sel.metric
+            ));
+            continue;
+        }
+        if ty != Some(want) && !(want == "gauge" && ty.is_some()) {
+            bad.push(format!(
+                "{origin}: {} is a {ty:?} family, used as a {want}",
+                sel.metric
+            ));
+        }
+        let on_metric: BTreeSet<&str> = served
+            .iter()
+            .flat_map(|l| l.keys().map(String::as_str))
+            .collect();
+        labels_here.extend(on_metric.iter().copied());
+        for m in &sel.matchers {
+            if TARGET_LABELS.contains(&m.label.as_str()) {
+                continue;
+            }
+            if !on_metric.contains(m.label.as_str()) {
+                bad.push(format!(
+                    "{origin}: {} has no label {:?} (labels: {on_metric:?})",
+                    sel.metric, m.label
+                ));
+                continue;
+            }
+            for v in m.required_values() {
+                if !served.iter().any(|l| l.get(&m.label) == Some(&v)) {
+                    bad.push(format!(
+                        "{origin}: no {}{{{}={v:?}}} is served",
+                        sel.metric, m.label
+                    ));
+                }
+            }
+        }
+    }
+    for g in &r.grouping {
+        if !labels_here.contains(g.as_str()) {
+            bad.push(format!(
+                "{origin}: grouping label {g:?} is on none of its metrics"
+            ));
+        }
+    }
+    bad
+}
+
+#[test]
+fn every_metric_name_the_dashboard_and_the_alerts_use_is_served() {
+    if !require_root("every_metric_name_the_dashboard_and_the_alerts_use_is_served") {
+        return;
+    }
+    use veer_tests::promql;
+    let rule: serde_json::Value = serde_saphyr::from_str(&monitoring_file("prometheusrule.yaml"))
+        .expect("prometheusrule.yaml parses");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&monitoring_file("veer-dashboard.json")).expect("dashboard JSON");
+    let exprs: Vec<promql::Expr> = promql::rule_exprs(&rule)
+        .into_iter()
+        .chain(promql::dashboard_exprs(&dashboard))
+        .collect();
+    let variables = promql::dashboard_variable_queries(&dashboard);
+    assert!(
+        exprs.len() >= 20 && !variables.is_empty(),
+        "expressions found: {exprs:?}, variables {variables:?}"
+    );
+
+    let addr = free_local_addr();
+    let env = Env::new(Some(addr));
+    // Steered and unsteered traffic, so that per-rule counters and flows exist.
+    for d in env.seed.destinations() {
+        env.traffic(d.addr);
+    }
+    let deadline = Instant::now() + agent::AGENT_TIMEOUT;
+    while http_get(addr, "/healthz").is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no metrics endpoint at {addr}\nagent log:\n{}",
+            env.agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = http_get(addr, "/metrics").expect("GET /metrics");
+    assert!(status.contains(" 200 "), "GET /metrics: {status}\n{body}");
+    assert!(
+        rule_packets_metric(&body).values().any(|n| *n > 0),
+        "the scrape has steered packets on some rule:\n{body}"
+    );
+    let scrape = parse_scrape(&body);
+
+    let mut bad: Vec<String> = exprs
+        .iter()
+        .flat_map(|e| expr_problems(&e.origin, &e.expr, &scrape))
+        .collect();
+    for v in &variables {
+        let Some((sel, label)) = promql::grafana_label_values(&v.expr) else {
+            bad.push(format!("{}: not label_values(…): {:?}", v.origin, v.expr));
+            continue;
+        };
+        bad.extend(expr_problems(
+            &v.origin,
+            &format!("sum by ({label}) ({sel})"),
+            &scrape,
+        ));
+    }
+    assert!(
+        bad.is_empty(),
+        "the monitoring manifests use what the agent does not serve:\n{}\n\n/metrics:\n{body}",
+        bad.join("\n")
+    );
+}
