@@ -94,7 +94,7 @@ enum Cmd {
 }
 
 /// The repository root (the parent of xtask/).
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -522,7 +522,7 @@ fn crdgen() -> Result<()> {
 }
 
 /// The target directory of the host workspace (`CARGO_TARGET_DIR` honoured).
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|p| if p.is_absolute() { p } else { root().join(p) })
