@@ -25,6 +25,8 @@ pub enum Source {
         package: &'static str,
         module: &'static str,
         version: &'static str,
+        /// `go build -ldflags` (the version stamps a release build carries).
+        ldflags: &'static str,
     },
 }
 
@@ -102,6 +104,8 @@ pub const PROGRAMS: &[Program] = &[
             package: "go.etcd.io/etcd/server/v3",
             module: "go.etcd.io/etcd/server/v3",
             version: "v3.7.0",
+            // etcd's version is a constant of go.etcd.io/etcd/api/v3/version.
+            ldflags: "",
         },
         version_args: &["--version"],
         used_by: "real API server layer (k8s_apiserver): kube-apiserver's storage, loopback only",
@@ -112,6 +116,15 @@ pub const PROGRAMS: &[Program] = &[
             package: "k8s.io/kubernetes/cmd/kube-apiserver",
             module: "k8s.io/kubernetes",
             version: "v1.37.2",
+            // What kubernetes' hack/lib/version.sh stamps (else /version says v0.0.0-master).
+            ldflags: "-X k8s.io/component-base/version.gitVersion=v1.37.2 \
+                      -X k8s.io/component-base/version.gitMajor=1 \
+                      -X k8s.io/component-base/version.gitMinor=37 \
+                      -X k8s.io/component-base/version.gitTreeState=clean \
+                      -X k8s.io/client-go/pkg/version.gitVersion=v1.37.2 \
+                      -X k8s.io/client-go/pkg/version.gitMajor=1 \
+                      -X k8s.io/client-go/pkg/version.gitMinor=37 \
+                      -X k8s.io/client-go/pkg/version.gitTreeState=clean",
         },
         version_args: &["--version"],
         used_by: "real API server layer (k8s_apiserver): the agent against a real server, loopback only",

@@ -281,9 +281,9 @@ fn program_path(p: &Program) -> std::path::PathBuf {
 
 /// The Go-built programs (`Source::Go`: etcd, kube-apiserver for the real API server layer),
 /// built when their `target/go-bin/<name>-<version>` is absent, from the pinned module
-/// `tests/go/` with `-mod=readonly` (the committed go.sum must cover every module), no cgo, and
-/// the module and build caches under `target/go/` (a fresh clone downloads into its own tree; a
-/// rerun builds nothing).
+/// `tests/go/` with `-mod=readonly` (the committed go.sum must cover every module) and the module
+/// and build caches under `target/go/` (a fresh clone downloads into its own tree; a rerun builds
+/// nothing; a new pin rebuilds only what changed).
 fn go_programs() -> Result<()> {
     let go: Vec<&Program> = PROGRAMS
         .iter()
@@ -317,14 +317,17 @@ fn go_programs() -> Result<()> {
     let cache = crate::target_dir().join("go");
     for p in missing {
         let Source::Go {
-            package, version, ..
+            package,
+            version,
+            ldflags,
+            ..
         } = p.source
         else {
             unreachable!()
         };
         let out = program_path(p);
         fs::create_dir_all(out.parent().expect("go-bin directory"))?;
-        let tmp = out.with_extension("partial");
+        let tmp = out.with_file_name(format!("{}-{version}.partial", p.name));
         let started = std::time::Instant::now();
         eprintln!(
             "[setup] building {} {version} from tests/go (go build {package}; a cold build takes \
@@ -333,10 +336,14 @@ fn go_programs() -> Result<()> {
         );
         run(Command::new("go")
             .current_dir(go_module())
-            .args(["build", "-mod=readonly", "-trimpath", "-o"])
+            .args(["build", "-mod=readonly", "-trimpath"])
+            .arg(format!(
+                "-ldflags={}",
+                ldflags.split_whitespace().collect::<Vec<_>>().join(" ")
+            ))
+            .arg("-o")
             .arg(&tmp)
             .arg(package)
-            .env("CGO_ENABLED", "0")
             .env("GOTOOLCHAIN", "local")
             .env("GOFLAGS", "")
             .env("GOMODCACHE", cache.join("mod"))
@@ -443,6 +450,7 @@ mod tests {
                 package,
                 module,
                 version,
+                ldflags,
             } = p.source
             else {
                 unreachable!()
@@ -458,6 +466,17 @@ mod tests {
                 p.name
             );
             assert!(package.starts_with(module), "{package} is not in {module}");
+            // Every version stamp names the pinned version.
+            for stamp in ldflags
+                .split_whitespace()
+                .filter(|w| w.contains(".gitVersion="))
+            {
+                assert!(
+                    stamp.ends_with(&format!("={version}")),
+                    "{}: {stamp}",
+                    p.name
+                );
+            }
         }
     }
 
