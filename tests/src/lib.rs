@@ -5,9 +5,12 @@
 //! - [`ns`]: running a test body inside a brand-new network namespace of its own;
 //! - [`harness`]: the loaded programs with fresh maps, for `BPF_PROG_TEST_RUN` suites;
 //! - [`topology`]: dual-CNI pods, a node, an OVN gateway and servers made of network namespaces;
-//! - [`agent`]: the real `veer` agent binary run on files written by the test.
+//! - [`agent`]: the real `veer` agent binary run on files written by the test;
+//! - [`apiserver`]: a real etcd and kube-apiserver on loopback, with admin and ServiceAccount
+//!   clients.
 
 pub mod agent;
+pub mod apiserver;
 pub mod bench;
 pub mod harness;
 pub mod ns;
