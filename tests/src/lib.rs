@@ -7,8 +7,11 @@
 //! - [`topology`]: dual-CNI pods, a node, an OVN gateway and servers made of network namespaces;
 //! - [`agent`]: the real `veer` agent binary run on files written by the test;
 //! - [`promql`]: metric names and labels of the monitoring manifests' PromQL expressions.
+//! - [`apiserver`]: a real etcd and kube-apiserver on loopback, with admin and ServiceAccount
+//!   clients.
 
 pub mod agent;
+pub mod apiserver;
 pub mod bench;
 pub mod harness;
 pub mod ns;

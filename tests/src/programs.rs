@@ -4,13 +4,34 @@
 //! package to install, instead of as a downstream symptom; a program missing from the list fails
 //! too (and the inventory test in `xtask` finds it in the sources first).
 
-use std::{collections::BTreeSet, path::Path, process::Command, sync::Mutex};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Mutex,
+};
 
 #[allow(dead_code)]
 mod list {
     include!("../../xtask/src/programs.rs");
 }
 pub use list::{PROGRAMS, Program, Source};
+
+/// The cargo target directory this test binary was built into (`<target>/<profile>/deps/<exe>`),
+/// where `cargo xtask setup` puts the Go-built programs (`<target>/go-bin/`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary lives in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// What to spawn for a declared program: its `target/go-bin/` file when setup builds it with Go,
+/// else its name (looked up on `PATH`).
+fn program_path(p: &Program) -> PathBuf {
+    list::go_bin(&target_dir(), p).unwrap_or_else(|| p.name.into())
+}
 
 /// Whether an executable `name` is on `PATH`.
 fn on_path(name: &str) -> bool {
@@ -21,6 +42,14 @@ fn on_path(name: &str) -> bool {
             .join(name)
             .metadata()
             .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// Whether the declared program `name` is installed (on `PATH`, or built into `target/go-bin/`).
+pub fn installed(name: &str) -> bool {
+    list::program(name).is_some_and(|p| match list::go_bin(&target_dir(), p) {
+        Some(bin) => bin.is_file(),
+        None => on_path(name),
     })
 }
 
@@ -40,7 +69,7 @@ pub fn require(name: &str) {
              with its Debian package so `cargo xtask setup` installs it"
         );
     };
-    if !on_path(name) {
+    if !installed(name) {
         panic!("{}", list::install_hint(p));
     }
     SEEN.lock()
@@ -48,10 +77,11 @@ pub fn require(name: &str) {
         .insert(name.to_string());
 }
 
-/// `Command::new(name)` for a declared, installed program.
+/// `Command::new(name)` for a declared, installed program (a Go-built one from
+/// `target/go-bin/`).
 pub fn command(name: &str) -> Command {
     require(name);
-    Command::new(name)
+    Command::new(program_path(list::program(name).expect("declared")))
 }
 
 /// `ip netns exec <ns> <name>` for a declared, installed program.

@@ -17,6 +17,17 @@ pub enum Source {
     /// What setup itself runs on: the Rust toolchain (rustup) and the Debian base system. Setup
     /// cannot install these; it checks them and says what to do.
     Base(&'static str),
+    /// Built by `cargo xtask setup` with `go build` from the pinned Go module `tests/go/`
+    /// (`go.mod`/`go.sum` committed) into `<target>/go-bin/<name>-<version>` (see [`go_bin`]);
+    /// not on `PATH`. `package` is the main package, `module` the module that provides it at
+    /// `version` (the same as its `require` line in `tests/go/go.mod`, checked by a test).
+    Go {
+        package: &'static str,
+        module: &'static str,
+        version: &'static str,
+        /// `go build -ldflags` (the version stamps a release build carries).
+        ldflags: &'static str,
+    },
 }
 
 /// An external program the suites, the demo, the bench or setup run.
@@ -88,6 +99,43 @@ pub const PROGRAMS: &[Program] = &[
         used_by: "fuzz layer",
     },
     Program {
+        name: "etcd",
+        source: Source::Go {
+            package: "go.etcd.io/etcd/server/v3",
+            module: "go.etcd.io/etcd/server/v3",
+            version: "v3.7.0",
+            // etcd's version is a constant of go.etcd.io/etcd/api/v3/version.
+            ldflags: "",
+        },
+        version_args: &["--version"],
+        used_by: "real API server layer (k8s_apiserver): kube-apiserver's storage, loopback only",
+    },
+    Program {
+        name: "kube-apiserver",
+        source: Source::Go {
+            package: "k8s.io/kubernetes/cmd/kube-apiserver",
+            module: "k8s.io/kubernetes",
+            version: "v1.37.2",
+            // What kubernetes' hack/lib/version.sh stamps (else /version says v0.0.0-master).
+            ldflags: "-X k8s.io/component-base/version.gitVersion=v1.37.2 \
+                      -X k8s.io/component-base/version.gitMajor=1 \
+                      -X k8s.io/component-base/version.gitMinor=37 \
+                      -X k8s.io/component-base/version.gitTreeState=clean \
+                      -X k8s.io/client-go/pkg/version.gitVersion=v1.37.2 \
+                      -X k8s.io/client-go/pkg/version.gitMajor=1 \
+                      -X k8s.io/client-go/pkg/version.gitMinor=37 \
+                      -X k8s.io/client-go/pkg/version.gitTreeState=clean",
+        },
+        version_args: &["--version"],
+        used_by: "real API server layer (k8s_apiserver): the agent against a real server, loopback only",
+    },
+    Program {
+        name: "go",
+        source: Source::Base("the Go toolchain (1.26+, https://go.dev/dl)"),
+        version_args: &["version"],
+        used_by: "setup: builds etcd and kube-apiserver from tests/go",
+    },
+    Program {
         name: "cargo",
         source: Source::Base("rustup"),
         version_args: &["--version"],
@@ -119,6 +167,19 @@ pub fn program(name: &str) -> Option<&'static Program> {
     PROGRAMS.iter().find(|p| p.name == name)
 }
 
+/// Where `cargo xtask setup` puts a [`Source::Go`] program, under the cargo target directory
+/// `target`: `<target>/go-bin/<name>-<version>` (a new pin is a new file, so a rerun with the same
+/// pin builds nothing). `None` for programs looked up on `PATH`.
+#[allow(dead_code)] // not every includer uses it
+pub fn go_bin(target: &std::path::Path, p: &Program) -> Option<std::path::PathBuf> {
+    match p.source {
+        Source::Go { version, .. } => {
+            Some(target.join("go-bin").join(format!("{}-{version}", p.name)))
+        }
+        _ => None,
+    }
+}
+
 /// What to do when `p` is missing, as one sentence.
 pub fn install_hint(p: &Program) -> String {
     match p.source {
@@ -129,6 +190,13 @@ pub fn install_hint(p: &Program) -> String {
         ),
         Source::Cargo(krate) => format!(
             "{} is not installed: `cargo xtask setup` builds it (`cargo install {krate}`)",
+            p.name
+        ),
+        Source::Go {
+            package, version, ..
+        } => format!(
+            "{} is not built: `cargo xtask setup` builds it from the pinned Go module tests/go \
+             (`go build {package}`, {version}) into target/go-bin/",
             p.name
         ),
         Source::Base(from) => format!(

@@ -6,7 +6,7 @@ use std::{fs, path::Path, process::Command};
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    programs::{PROGRAMS, Source, install_hint},
+    programs::{PROGRAMS, Program, Source, go_bin, install_hint},
     run,
 };
 
@@ -268,11 +268,104 @@ fn kernel() -> Result<()> {
     Ok(())
 }
 
+/// The Go module the Go-built programs come from (`go.mod`/`go.sum` committed: the pins).
+fn go_module() -> std::path::PathBuf {
+    crate::root().join("tests/go")
+}
+
+/// Where a declared program is spawned from: its `target/go-bin/` file for a Go-built one, its
+/// name (looked up on `PATH`) otherwise.
+fn program_path(p: &Program) -> std::path::PathBuf {
+    go_bin(&crate::target_dir(), p).unwrap_or_else(|| p.name.into())
+}
+
+/// The Go-built programs (`Source::Go`: etcd, kube-apiserver for the real API server layer),
+/// built when their `target/go-bin/<name>-<version>` is absent, from the pinned module
+/// `tests/go/` with `-mod=readonly` (the committed go.sum must cover every module) and the module
+/// and build caches under `target/go/` (a fresh clone downloads into its own tree; a rerun builds
+/// nothing; a new pin rebuilds only what changed).
+fn go_programs() -> Result<()> {
+    let go: Vec<&Program> = PROGRAMS
+        .iter()
+        .filter(|p| matches!(p.source, Source::Go { .. }))
+        .collect();
+    let missing: Vec<&&Program> = go.iter().filter(|p| !program_path(p).is_file()).collect();
+    if missing.is_empty() {
+        say(
+            "Go-built programs",
+            &format!(
+                "present ({})",
+                go.iter()
+                    .map(|p| program_path(p).display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        );
+        return Ok(());
+    }
+    if output(Command::new("go").arg("version")).is_none() {
+        bail!(
+            "{} are not built and building them needs Go: {}",
+            missing
+                .iter()
+                .map(|p| p.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+            install_hint(crate::programs::program("go").expect("go is declared"))
+        );
+    }
+    let cache = crate::target_dir().join("go");
+    for p in missing {
+        let Source::Go {
+            package,
+            version,
+            ldflags,
+            ..
+        } = p.source
+        else {
+            unreachable!()
+        };
+        let out = program_path(p);
+        fs::create_dir_all(out.parent().expect("go-bin directory"))?;
+        let tmp = out.with_file_name(format!("{}-{version}.partial", p.name));
+        let started = std::time::Instant::now();
+        eprintln!(
+            "[setup] building {} {version} from tests/go (go build {package}; a cold build takes \
+             minutes)",
+            p.name
+        );
+        run(Command::new("go")
+            .current_dir(go_module())
+            .args(["build", "-mod=readonly", "-trimpath"])
+            .arg(format!(
+                "-ldflags={}",
+                ldflags.split_whitespace().collect::<Vec<_>>().join(" ")
+            ))
+            .arg("-o")
+            .arg(&tmp)
+            .arg(package)
+            .env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "")
+            .env("GOMODCACHE", cache.join("mod"))
+            .env("GOCACHE", cache.join("cache")))?;
+        fs::rename(&tmp, &out)?;
+        say(
+            &format!("{} {version}", p.name),
+            &format!(
+                "built into {} in {} s",
+                out.display(),
+                started.elapsed().as_secs()
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// Every declared program (`programs.rs`) runs: found on PATH and prints its version.
 fn programs_runnable() -> Result<()> {
     let mut broken = Vec::new();
     for p in PROGRAMS {
-        match Command::new(p.name).args(p.version_args).output() {
+        match Command::new(program_path(p)).args(p.version_args).output() {
             Ok(o) if o.status.success() => {}
             Ok(o) => broken.push(format!(
                 "{} {} exited with {} ({})",
@@ -309,7 +402,108 @@ pub fn setup() -> Result<()> {
     apt().context("Debian packages")?;
     bpf_linker().context("bpf-linker")?;
     cargo_fuzz().context("cargo-fuzz")?;
+    go_programs().context("Go-built programs (tests/go)")?;
     programs_runnable()?;
     bpffs().context("bpffs")?;
     kernel()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `(path, version)` lines of the go.mod blocks (or one-line directives) named `kw`.
+    fn directives<'a>(gomod: &'a str, kw: &str) -> Vec<Vec<&'a str>> {
+        let mut out = Vec::new();
+        let mut inside = false;
+        for line in gomod
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or("").trim())
+        {
+            if inside {
+                if line == ")" {
+                    inside = false;
+                } else if !line.is_empty() {
+                    out.push(line.split_whitespace().collect());
+                }
+            } else if line == format!("{kw} (") {
+                inside = true;
+            } else if let Some(rest) = line.strip_prefix(&format!("{kw} ")) {
+                out.push(rest.split_whitespace().collect());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn go_built_programs_are_the_versions_and_tools_that_tests_go_pins() {
+        let gomod = fs::read_to_string(go_module().join("go.mod")).unwrap();
+        let require = directives(&gomod, "require");
+        let tools = directives(&gomod, "tool");
+        let go: Vec<&Program> = PROGRAMS
+            .iter()
+            .filter(|p| matches!(p.source, Source::Go { .. }))
+            .collect();
+        assert!(!go.is_empty());
+        for p in go {
+            let Source::Go {
+                package,
+                module,
+                version,
+                ldflags,
+            } = p.source
+            else {
+                unreachable!()
+            };
+            assert!(
+                require.iter().any(|r| r[..] == [module, version]),
+                "{}: tests/go/go.mod must require {module} {version}",
+                p.name
+            );
+            assert!(
+                tools.iter().any(|t| t[..] == [package]),
+                "{}: tests/go/go.mod must list `tool {package}` (so go.sum covers its build)",
+                p.name
+            );
+            assert!(package.starts_with(module), "{package} is not in {module}");
+            // Every version stamp names the pinned version.
+            for stamp in ldflags
+                .split_whitespace()
+                .filter(|w| w.contains(".gitVersion="))
+            {
+                assert!(
+                    stamp.ends_with(&format!("={version}")),
+                    "{}: {stamp}",
+                    p.name
+                );
+            }
+        }
+    }
+
+    /// k8s.io/kubernetes is built against published staging modules: every `k8s.io/<staging>`
+    /// replace must point at `v0.<minor>.<patch>` of the pinned `v1.<minor>.<patch>`.
+    #[test]
+    fn kubernetes_staging_modules_are_replaced_by_the_matching_release() {
+        let gomod = fs::read_to_string(go_module().join("go.mod")).unwrap();
+        let k8s = directives(&gomod, "require")
+            .into_iter()
+            .find(|r| r.first() == Some(&"k8s.io/kubernetes"))
+            .expect("tests/go requires k8s.io/kubernetes")[1];
+        let staging = format!("v0.{}", k8s.strip_prefix("v1.").unwrap());
+        let replaces = directives(&gomod, "replace");
+        assert!(replaces.len() >= 20, "the staging replace block is missing");
+        for r in replaces {
+            // `k8s.io/api => k8s.io/api v0.37.2`
+            assert_eq!(r.len(), 4, "{r:?}");
+            assert_eq!(
+                r[0], r[2],
+                "a staging module is replaced by its own release"
+            );
+            assert_eq!(
+                r[3], staging,
+                "{} must be {staging} for kubernetes {k8s}",
+                r[0]
+            );
+        }
+    }
 }
