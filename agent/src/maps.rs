@@ -14,8 +14,8 @@ use std::{
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use veer_common::{
-    Config, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, IfaceInfo, IfaceKey, Rule4Key, Rule6Key,
-    RuleStats, RuleValue, maps as names, paths, stats,
+    AddrKey, AddrOwner, Config, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue, IfaceInfo, IfaceKey,
+    Rule4Key, Rule6Key, RuleStats, RuleValue, maps as names, paths, stats,
 };
 
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -48,6 +48,8 @@ pub struct Maps {
     pub stats: PerCpuArray<MapData, u64>,
     pub rule_stats: PerCpuArray<MapData, RuleStats>,
     pub config: Array<MapData, Config>,
+    /// Managed interfaces' addresses → owning interface (source-based egress).
+    pub addrs: HashMap<MapData, AddrKey, AddrOwner>,
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
@@ -69,6 +71,7 @@ impl Maps {
             stats: typed(names::STATS, take(names::STATS)?)?,
             rule_stats: typed(names::RULE_STATS, take(names::RULE_STATS)?)?,
             config: typed(names::CONFIG, take(names::CONFIG)?)?,
+            addrs: typed(names::ADDRS, take(names::ADDRS)?)?,
         })
     }
 
@@ -89,6 +92,7 @@ impl Maps {
             stats: typed(names::STATS, open(names::STATS)?)?,
             rule_stats: typed(names::RULE_STATS, open(names::RULE_STATS)?)?,
             config: typed(names::CONFIG, open(names::CONFIG)?)?,
+            addrs: typed(names::ADDRS, open(names::ADDRS)?)?,
         })
     }
 

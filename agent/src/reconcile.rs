@@ -493,6 +493,7 @@ impl Reconciler {
             .collect();
         if !lost.is_empty() {
             self.remove_flows(&lost);
+            crate::srcaddr::forget(&mut self.maps, p.cookie, &lost);
         }
         tracing::info!(pod = %format!("{}/{}", p.namespace, p.name), before = ?p.facts.iter().map(|f| &f.name).collect::<Vec<_>>(), now = ?facts.iter().map(|f| &f.name).collect::<Vec<_>>(), "pod network changed");
         p.facts = facts;
@@ -745,6 +746,13 @@ impl Reconciler {
                     source,
                 })?;
         }
+        let owners: Vec<&IfaceFacts> = managed.iter().map(|(f, _)| *f).collect();
+        crate::srcaddr::setup(&mut self.maps, &p.netns, cookie, &owners, &mut p.skipped).map_err(
+            |source| PodError::Write {
+                iface: "the address table".into(),
+                source,
+            },
+        )?;
         // Keep the next hops resolved: a packet redirected while its next hop is unresolved is
         // queued and later re-resolved through its original route, leaving with the wrong MACs.
         let mut hops: Vec<(String, std::net::IpAddr)> = podnet::gateways(
@@ -821,6 +829,7 @@ impl Reconciler {
         }
         let addrs: BTreeSet<[u8; 16]> = p.facts.iter().flat_map(addresses).collect();
         self.remove_flows(&addrs);
+        crate::srcaddr::forget(&mut self.maps, p.cookie, &addrs);
         if let Some(root) = self.dp.root()
             && let Err(e) = detach_pod(root, p.cookie)
         {
@@ -879,6 +888,7 @@ impl Reconciler {
         }
         addrs.remove(&[0u8; 16]);
         self.remove_flows(&addrs);
+        crate::srcaddr::remove_orphans(&mut self.maps, &known);
         if let Some(root) = self.dp.root().map(Path::to_path_buf)
             && let Ok(rd) = std::fs::read_dir(root.join(paths::LINKS_DIR))
         {
