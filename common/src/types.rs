@@ -272,7 +272,7 @@ impl AddrOwner {
             }
         };
         let hi = mask(len);
-        let lo = mask(if len > 64 { len - 64 } else { 0 });
+        let lo = mask(len.saturating_sub(64));
         (word(addr, 0) ^ word(dst, 0)) & hi == 0 && (word(addr, 8) ^ word(dst, 8)) & lo == 0
     }
 }

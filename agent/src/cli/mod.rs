@@ -77,8 +77,12 @@ pub fn read_occupancy(maps: &Maps) -> Result<Vec<MapUse>, MapsError> {
 }
 
 /// The class of a counter of [`veer_common::stats`]: `family`, `pass`, `steer`, `revnat`,
-/// `drop`, `error` or `side`.
+/// `drop`, `error` or `side`. `src_egress` (source-based egress: redirected to the interface
+/// owning the source, untranslated) is a `steer` verdict; `src_foreign` is a side counter.
 pub fn counter_class(name: &str) -> &'static str {
+    if name == "src_egress" {
+        return "steer";
+    }
     match name.split('_').next().unwrap_or("") {
         "pkt" => "family",
         "pass" => "pass",
@@ -194,7 +198,9 @@ mod tests {
         assert_eq!(counter_class("err_rewrite"), "error");
         assert_eq!(counter_class("mss_clamped"), "side");
         assert_eq!(counter_class("flow_half_evicted"), "side");
-        assert_eq!(named_counters(&[0; 32]).count(), 29);
+        assert_eq!(counter_class("src_egress"), "steer");
+        assert_eq!(counter_class("src_foreign"), "side");
+        assert_eq!(named_counters(&[0; 32]).count(), 31);
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         let o = occupancy(3, 0, 1, 65_536, 2);
