@@ -49,8 +49,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use veer_common::{
-    Config, FlowKey, FlowValue, IfaceInfo, IfaceKey, Rule4Key, Rule6Key, RuleStats, RuleValue,
-    maps as names, paths, stats,
+    AddrKey, AddrOwner, Config, FlowKey, FlowValue, IfaceInfo, IfaceKey, Rule4Key, Rule6Key,
+    RuleStats, RuleValue, maps as names, paths, stats,
 };
 
 use crate::{EBPF_DEBUG_OBJ, EBPF_OBJ};
@@ -101,7 +101,7 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 const LPM_KEY_PREFIX: u32 = 4;
 
 /// The layout of every veer map, derived from the shared types.
-pub fn layouts() -> [Layout; 7] {
+pub fn layouts() -> [Layout; 8] {
     let l = |name, map_type, key_size: usize, value_size: usize, max_entries, flags| Layout {
         name,
         map_type,
@@ -153,6 +153,14 @@ pub fn layouts() -> [Layout; 7] {
             0,
         ),
         l(names::CONFIG, MapType::Array, 4, size_of::<Config>(), 1, 0),
+        l(
+            names::ADDRS,
+            MapType::Hash,
+            size_of::<AddrKey>(),
+            size_of::<AddrOwner>(),
+            names::ADDRS_MAX,
+            0,
+        ),
     ]
 }
 

@@ -29,6 +29,7 @@ pub mod podnet;
 pub mod podwatch;
 pub mod reconcile;
 pub mod report;
+pub mod srcaddr;
 pub mod standalone;
 pub mod wake;
 

@@ -17,9 +17,9 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lp
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 use veer_common::{
-    Config, FAMILY_V4, FAMILY_V6, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER, FlowKey, FlowValue,
-    IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, Rule4Key, Rule6Key, RuleStats, RuleValue,
-    ST_CLOSING, ST_EST, ST_NONE, ST_SYN, maps as names, paths, stats,
+    AddrKey, AddrOwner, Config, FAMILY_V4, FAMILY_V6, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER,
+    FlowKey, FlowValue, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, Rule4Key, Rule6Key, RuleStats,
+    RuleValue, ST_CLOSING, ST_EST, ST_NONE, ST_SYN, maps as names, paths, stats,
 };
 
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -52,6 +52,8 @@ pub struct Maps {
     pub stats: PerCpuArray<MapData, u64>,
     pub rule_stats: PerCpuArray<MapData, RuleStats>,
     pub config: Array<MapData, Config>,
+    /// Managed interfaces' addresses → owning interface (source-based egress).
+    pub addrs: HashMap<MapData, AddrKey, AddrOwner>,
 }
 
 fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
@@ -73,6 +75,7 @@ impl Maps {
             stats: typed(names::STATS, take(names::STATS)?)?,
             rule_stats: typed(names::RULE_STATS, take(names::RULE_STATS)?)?,
             config: typed(names::CONFIG, take(names::CONFIG)?)?,
+            addrs: typed(names::ADDRS, take(names::ADDRS)?)?,
         })
     }
 
@@ -93,6 +96,7 @@ impl Maps {
             stats: typed(names::STATS, open(names::STATS)?)?,
             rule_stats: typed(names::RULE_STATS, open(names::RULE_STATS)?)?,
             config: typed(names::CONFIG, open(names::CONFIG)?)?,
+            addrs: typed(names::ADDRS, open(names::ADDRS)?)?,
         })
     }
 
@@ -393,6 +397,11 @@ pub fn read_occupancy(maps: &Maps) -> Result<Vec<MapUse>, MapsError> {
 /// The class of a counter of [`veer_common::stats`]: `family`, `pass`, `steer`, `revnat`,
 /// `drop`, `error` or `side`.
 pub fn counter_class(name: &str) -> &'static str {
+    // Source-based egress (redirected to the interface owning the source, untranslated) is a
+    // steer verdict; `src_foreign` is a side counter.
+    if name == "src_egress" {
+        return "steer";
+    }
     match name.split('_').next().unwrap_or("") {
         "pkt" => "family",
         "pass" => "pass",

@@ -20,13 +20,21 @@ pub const RULE_STATS: &str = "VEER_RSTATS_V1";
 /// Single-entry array with run-time knobs: [`crate::Config`].
 pub const CONFIG: &str = "VEER_CONFIG_V1";
 
+/// Hash of the managed pod interfaces' addresses: [`crate::AddrKey`] → [`crate::AddrOwner`]
+/// (source-based egress).
+pub const ADDRS: &str = "VEER_ADDRS_V1";
+
 /// Every map, for loops that pin, check or remove them all.
-pub const ALL: [&str; 7] = [RULES4, RULES6, IFACES, FLOWS, STATS, RULE_STATS, CONFIG];
+pub const ALL: [&str; 8] = [
+    RULES4, RULES6, IFACES, FLOWS, STATS, RULE_STATS, CONFIG, ADDRS,
+];
 
 /// Capacity of each rule trie (entries, all rulesets together).
 pub const RULES_MAX: u32 = 131_072;
 /// Capacity of the interface table (managed interfaces on the node, all pods together).
 pub const IFACES_MAX: u32 = 16_384;
+/// Capacity of the address table: an IPv4 and an IPv6 address per managed interface.
+pub const ADDRS_MAX: u32 = 2 * IFACES_MAX;
 /// Capacity of the flow table.
 pub const FLOWS_MAX: u32 = 65_536;
 /// Number of per-rule counter slots; rule ids are `1..RULE_STATS_MAX` (0 = none).

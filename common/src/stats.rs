@@ -1,9 +1,10 @@
 //! Indexes into the per-CPU `VEER_STATS_V1` array: one counter per outcome or reason.
 //!
 //! Every packet the programs see increments exactly one "verdict" counter (the `PASS_*`,
-//! `STEER_*`, `REVNAT_*`, `DROP_*` and `ERR_*` ones) plus, independently, one of
+//! `STEER_*`, `SRC_EGRESS`, `REVNAT_*`, `DROP_*` and `ERR_*` ones) plus, independently, one of
 //! [`PKT_IPV4`]/[`PKT_IPV6`]/[`PASS_NOT_IP`] for the L3 family. [`MSS_CLAMPED`], [`COLLISION`],
-//! [`FLOW_EXPIRED`], [`PINNED_INBOUND`] and [`FLOW_HALF_EVICTED`] are side counters.
+//! [`FLOW_EXPIRED`], [`PINNED_INBOUND`], [`FLOW_HALF_EVICTED`] and [`SRC_FOREIGN`] are side
+//! counters.
 
 /// IPv4 packets seen (family counter).
 pub const PKT_IPV4: u32 = 0;
@@ -73,6 +74,14 @@ pub const PINNED_INBOUND: u32 = 27;
 /// left to notice it): this counts broken flows, a lower bound of the evictions.
 pub const FLOW_HALF_EVICTED: u32 = 28;
 
+/// Source-based egress: the packet's source belongs to another managed interface of the same
+/// pod (same namespace cookie); it was redirected there untranslated, before any rule or flow
+/// logic.
+pub const SRC_EGRESS: u32 = 29;
+/// Side counter: the packet's source is a managed address of *another pod* (or a stale entry);
+/// never redirected for it, left to the rule and flow logic.
+pub const SRC_FOREIGN: u32 = 30;
+
 /// Number of slots in `VEER_STATS_V1`.
 pub const COUNT: u32 = 32;
 
@@ -107,7 +116,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "flow_expired",
     "pinned_inbound",
     "flow_half_evicted",
-    "reserved_29",
-    "reserved_30",
+    "src_egress",
+    "src_foreign",
     "reserved_31",
 ];

@@ -157,8 +157,9 @@ pub const IFACE_F_GW6: u32 = 8;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IfaceInfo {
-    /// Cookie of the pod's network namespace (host order): bookkeeping for the agent and the
-    /// CLI, not used by the programs.
+    /// Cookie of the pod's network namespace (host order), written by the agent from its own
+    /// view of the pod: names the link pin directory, and tells the egress program whether two
+    /// interfaces belong to the same pod (source-based egress, see [`AddrOwner`]).
     pub netns_cookie: u64,
     /// Ruleset the pod follows (host order).
     pub ruleset: u32,
@@ -190,6 +191,91 @@ pub struct IfaceInfo {
     pub _pad1: [u8; 4],
 }
 const _: () = assert!(size_of::<IfaceInfo>() == 160);
+
+/// Key of `VEER_ADDRS_V1`: one address of a managed pod interface (the `addr4`/`addr6` of its
+/// `VEER_IFACES_V1` entry). IPv4 addresses occupy the first 4 bytes, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    /// The address, network order.
+    pub addr: [u8; 16],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Must be zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<AddrKey>() == 20);
+
+impl AddrKey {
+    /// The key of `addr` (network order, IPv4 in the first 4 bytes) of `family`.
+    #[inline(always)]
+    pub const fn new(family: u8, addr: [u8; 16]) -> Self {
+        Self {
+            addr,
+            family,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Value of `VEER_ADDRS_V1`: which managed interface owns an address. Written by the agent
+/// from its own view of the pod (with the `VEER_IFACES_V1` entry of that interface), never
+/// from anything a pod sends. The egress program uses it for **source-based egress**: a packet
+/// leaving interface X with a source that belongs to another interface Y *of the same pod*
+/// (same `netns_cookie` in both `VEER_IFACES_V1` entries) leaves by Y untranslated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrOwner {
+    /// Cookie of the owning pod's network namespace (host order), as in `IfaceInfo`.
+    pub netns_cookie: u64,
+    /// The owning interface's `VEER_IFACES_V1` key.
+    pub iface: IfaceKey,
+    /// Prefix length of the address on that interface (what is on-link there).
+    pub prefix_len: u8,
+    /// Must be zero.
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<AddrOwner>() == 32);
+
+impl AddrOwner {
+    /// Whether `dst` (network order, same family as the owned `addr`) is on-link on the
+    /// owning interface: inside the prefix of `addr`. (Two 64-bit masked compares, no loop: the
+    /// eBPF program runs it.)
+    #[inline(always)]
+    pub fn on_link(&self, family: u8, addr: &[u8; 16], dst: &[u8; 16]) -> bool {
+        let max: u32 = if family == FAMILY_V4 { 32 } else { 128 };
+        let len = if (self.prefix_len as u32) < max {
+            self.prefix_len as u32
+        } else {
+            max
+        };
+        let word = |b: &[u8; 16], i: usize| {
+            u64::from_be_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        // Mask of the first `bits` bits of a 64-bit word.
+        let mask = |bits: u32| -> u64 {
+            if bits == 0 {
+                0
+            } else if bits >= 64 {
+                u64::MAX
+            } else {
+                u64::MAX << (64 - bits)
+            }
+        };
+        let hi = mask(len);
+        let lo = mask(len.saturating_sub(64));
+        (word(addr, 0) ^ word(dst, 0)) & hi == 0 && (word(addr, 8) ^ word(dst, 8)) & lo == 0
+    }
+}
 
 /// [`FlowKey::dir`]: the tuple as it leaves the pod on its original interface.
 pub const DIR_OUT: u8 = 0;
@@ -519,6 +605,33 @@ mod tests {
         assert_eq!(k.ruleset(), 3);
     }
 
+    #[test]
+    fn on_link_is_the_owned_address_prefix() {
+        let o = |len| AddrOwner {
+            prefix_len: len,
+            ..AddrOwner::default()
+        };
+        let v4 = |a: [u8; 4]| {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a);
+            b
+        };
+        let me = v4([10, 124, 2, 5]);
+        assert!(o(24).on_link(FAMILY_V4, &me, &v4([10, 124, 2, 77])));
+        assert!(!o(24).on_link(FAMILY_V4, &me, &v4([10, 124, 3, 77])));
+        assert!(o(23).on_link(FAMILY_V4, &me, &v4([10, 124, 3, 77])));
+        assert!(!o(32).on_link(FAMILY_V4, &me, &v4([10, 124, 2, 6])));
+        assert!(o(0).on_link(FAMILY_V4, &me, &v4([1, 2, 3, 4])));
+        let a6: [u8; 16] = [0xfd, 0, 1, 0x24, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+        let mut b6 = a6;
+        b6[15] = 9;
+        assert!(o(64).on_link(FAMILY_V6, &a6, &b6));
+        assert!(!o(128).on_link(FAMILY_V6, &a6, &b6));
+        b6[7] = 1;
+        assert!(!o(64).on_link(FAMILY_V6, &a6, &b6));
+        assert!(o(200).on_link(FAMILY_V6, &a6, &a6), "clamped to 128");
+    }
+
     fn key() -> impl Strategy<Value = FlowKey> {
         (
             prop_oneof![Just(FAMILY_V4), Just(FAMILY_V6)],
@@ -599,4 +712,6 @@ mod user {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for RuleStats {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for AddrOwner {}
 }

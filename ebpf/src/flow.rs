@@ -7,17 +7,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use veer_common::{
-    Config, DIR_IN, DIR_OUT, FAMILY_V4, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER, FlowKey, FlowValue,
-    IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey, MAX_SLOTS,
-    RULE_F_TOMBSTONE, RULE_F_VIA, Rule4Key, Rule6Key, RuleValue, ST_CLOSING, ST_EST, ST_NONE,
-    ST_SYN, is_never_steered, stats,
+    AddrKey, AddrOwner, Config, DIR_IN, DIR_OUT, FAMILY_V4, FLOW_NATIVE, FLOW_REVNAT, FLOW_STEER,
+    FlowKey, FlowValue, IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey,
+    MAX_SLOTS, RULE_F_TOMBSTONE, RULE_F_VIA, Rule4Key, Rule6Key, RuleValue, ST_CLOSING, ST_EST,
+    ST_NONE, ST_SYN, is_never_steered, stats,
 };
 
 use crate::{
     Verdict,
     maps::{
-        VEER_CONFIG_V1, VEER_FLOWS_V1, VEER_IFACES_V1, VEER_RULES4_V1, VEER_RULES6_V1, count,
-        count_rule,
+        VEER_ADDRS_V1, VEER_CONFIG_V1, VEER_FLOWS_V1, VEER_IFACES_V1, VEER_RULES4_V1,
+        VEER_RULES6_V1, count, count_rule,
     },
     packet::{
         ETH_LEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Pkt, TCP_ACK, TCP_FIN,
@@ -163,16 +163,122 @@ fn macs(ctx: &TcContext) -> Result<([u8; 6], [u8; 6]), u32> {
     ))
 }
 
+/// Whether the packet's source is the interface's own address of its family.
+#[inline(always)]
+fn is_own_source(me: &IfaceInfo, p: &Pkt) -> bool {
+    if p.family == FAMILY_V4 {
+        p.saddr[..4] == me.addr4
+    } else {
+        p.saddr == me.addr6
+    }
+}
+
+/// The interface owning the packet's source per `o`, when it is another interface of the pod
+/// `me` belongs to and its entry still holds that address.
+#[inline(always)]
+fn sibling(p: &Pkt, me: &IfaceInfo, ifindex: u32, o: &AddrOwner) -> Option<&'static IfaceInfo> {
+    if me.netns_cookie == 0 || o.netns_cookie != me.netns_cookie {
+        return None;
+    }
+    let y = iface(o.iface.ifindex, o.iface.mac)?;
+    if y.netns_cookie != me.netns_cookie || y.ifindex == ifindex {
+        return None;
+    }
+    let holds = if p.family == FAMILY_V4 {
+        y.flags & IFACE_F_V4 != 0 && p.saddr[..4] == y.addr4
+    } else {
+        y.flags & IFACE_F_V6 != 0 && p.saddr == y.addr6
+    };
+    holds.then_some(y)
+}
+
+/// [`source_egress`]: the source is not a sibling's address, today's logic decides.
+const SRC_NONE: u64 = 0;
+
+/// A verdict in one register (the return of an out-of-line function): bit 63 set, action in
+/// bits 32..62, reason in the low half. [`pack_err`] carries an error instead (bit 62).
+#[inline(always)]
+fn pack(action: i32, reason: u32) -> u64 {
+    ((action as u32 as u64 & 0x3fff_ffff) << 32) | reason as u64 | 1 << 63
+}
+
+/// An error (the `Err` of a `Result<Verdict, u32>`) in one register; see [`pack`].
+#[inline(always)]
+fn pack_err(reason: u32) -> u64 {
+    reason as u64 | 1 << 63 | 1 << 62
+}
+
+#[inline(always)]
+fn unpack(v: u64) -> Result<Verdict, u32> {
+    if v & 1 << 62 != 0 {
+        return Err(v as u32);
+    }
+    Ok(Verdict {
+        action: ((v >> 32) & 0x3fff_ffff) as i32,
+        reason: v as u32,
+    })
+}
+
+/// Source-based egress. Returns a packed verdict when the source belongs to another managed
+/// interface Y of the same pod (checked by the namespace cookie of both `VEER_IFACES_V1`
+/// entries, which the agent writes from its own view of the pod, and by Y's entry still holding
+/// that address): the packet leaves by Y untranslated, to the destination when it is on-link on
+/// Y (inside the address's prefix), else to Y's gateway, else to the destination. [`SRC_NONE`]
+/// when it is not a sibling's address (unknown, another pod's, stale, or X's own): today's
+/// logic decides.
+///
+/// Returns one register (not a `Result<Option<Verdict>>`) so it can be moved out of line if the
+/// egress frame ever needs it; inlined, the frame is 480 bytes (production) / 472 (debug).
+#[inline(always)]
+fn source_egress(ctx: &TcContext, p: &Pkt, me: &IfaceInfo, ifindex: u32) -> u64 {
+    let key = AddrKey::new(p.family, p.saddr);
+    // SAFETY: read-only look-up; entries are only replaced whole by the agent.
+    let Some(o) = (unsafe { VEER_ADDRS_V1.get(&key) }) else {
+        return SRC_NONE;
+    };
+    let Some(y) = sibling(p, me, ifindex, o) else {
+        count(stats::SRC_FOREIGN);
+        return SRC_NONE;
+    };
+    let mut nexthop = p.daddr;
+    let hdr;
+    if p.family == FAMILY_V4 {
+        if y.flags & IFACE_F_GW4 != 0 && !o.on_link(p.family, &p.saddr, &p.daddr) {
+            nexthop = [0; 16];
+            nexthop[..4].copy_from_slice(&y.gw4);
+        }
+        hdr = 40;
+    } else {
+        if y.flags & IFACE_F_GW6 != 0 && !o.on_link(p.family, &p.saddr, &p.daddr) {
+            nexthop = y.gw6;
+        }
+        hdr = 60;
+    }
+    // As for steered flows: a SYN or SYN-ACK advertises at most what Y's MTU carries, and a
+    // non-TCP packet Y cannot carry is dropped (counted) rather than lost silently at Y's peer.
+    let mtu = if y.mtu > 0xffff { 0xffff } else { y.mtu as u16 };
+    let len = frame_len(ctx);
+    // SAFETY: reading a field of the program's own context.
+    let gso_segs = unsafe { (*skb(ctx)).gso_segs };
+    if p.proto != IPPROTO_TCP && gso_segs <= 1 && len > mtu as u32 + ETH_LEN as u32 {
+        return pack(TC_ACT_SHOT, stats::DROP_TOO_BIG);
+    }
+    if mtu > hdr
+        && let Err(e) = clamp_mss(ctx, p, mtu - hdr)
+    {
+        return pack_err(e);
+    }
+    pack(
+        redirect_neigh(y.ifindex, p.family, &nexthop),
+        stats::SRC_EGRESS,
+    )
+}
+
 pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
     let p = parse(ctx)?;
     let (dst_mac, src_mac) = macs(ctx)?;
     if dst_mac[0] & 1 != 0 || is_never_steered(p.family, &p.daddr) {
         return Ok(Verdict::pass(stats::PASS_MCAST));
-    }
-    // The pod answering a ping, or reporting an error: never steered.
-    let is_icmp = p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6;
-    if is_icmp && p.sport == 0 {
-        return Ok(Verdict::pass(stats::PASS_OTHER_PROTO));
     }
     // SAFETY: reading a field of the program's own context.
     let ifindex = unsafe { (*skb(ctx)).ifindex };
@@ -180,6 +286,20 @@ pub fn try_egress(ctx: &TcContext) -> Result<Verdict, u32> {
     let Some(me) = iface(ifindex, src_mac) else {
         return Ok(Verdict::pass(stats::PASS_UNMANAGED));
     };
+    // Source-based egress, before any rule or flow logic: a packet whose source is another
+    // interface's address of this pod (a reply of a connection that came in there, say) leaves
+    // by that interface. The common case (our own address) costs one compare.
+    if !is_own_source(me, &p) {
+        let v = source_egress(ctx, &p, me, ifindex);
+        if v != SRC_NONE {
+            return unpack(v);
+        }
+    }
+    // The pod answering a ping, or reporting an error: never steered.
+    let is_icmp = p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6;
+    if is_icmp && p.sport == 0 {
+        return Ok(Verdict::pass(stats::PASS_OTHER_PROTO));
+    }
     // No trie entry covers the destination: nothing of ours can apply (every pinned flow's
     // destination stays covered by its rule, or by the rule's tombstone, while the flow lives),
     // so the common case costs two lookups and no flow-table access.

@@ -7,8 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use veer_common::{
-    Config, FlowKey, FlowValue, IfaceInfo, IfaceKey, Rule4Key, Rule6Key, RuleStats, RuleValue,
-    maps as m, stats,
+    AddrKey, AddrOwner, Config, FlowKey, FlowValue, IfaceInfo, IfaceKey, Rule4Key, Rule6Key,
+    RuleStats, RuleValue, maps as m, stats,
 };
 
 #[btf_map]
@@ -20,6 +20,9 @@ pub static VEER_RULES6_V1: LpmTrie<Rule6Key, RuleValue, { m::RULES_MAX as usize 
 #[btf_map]
 pub static VEER_IFACES_V1: HashMap<IfaceKey, IfaceInfo, { m::IFACES_MAX as usize }> =
     HashMap::new();
+
+#[btf_map]
+pub static VEER_ADDRS_V1: HashMap<AddrKey, AddrOwner, { m::ADDRS_MAX as usize }> = HashMap::new();
 
 #[btf_map]
 pub static VEER_FLOWS_V1: LruHashMap<FlowKey, FlowValue, { m::FLOWS_MAX as usize }> =

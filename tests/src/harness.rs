@@ -13,8 +13,8 @@ use veer_agent::{
     netns::current_netns_cookie,
 };
 use veer_common::{
-    FlowKey, FlowValue, IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6, IfaceInfo, IfaceKey,
-    RULE_F_VIA, RuleValue, maps as names, stats,
+    AddrKey, AddrOwner, FlowKey, FlowValue, IFACE_F_GW4, IFACE_F_GW6, IFACE_F_V4, IFACE_F_V6,
+    IfaceInfo, IfaceKey, RULE_F_VIA, RuleValue, maps as names, stats,
 };
 
 use crate::ns::{ifindex, ip};
@@ -168,6 +168,35 @@ impl Harness {
                 .insert(IfaceKey::new(i.ifindex, i.mac), info, 0)
                 .expect("insert iface");
         }
+        // The address table, as the agent writes it (veer_agent::srcaddr): eth0 /32 and /128
+        // (Calico), eth1 /24 and /64 (OVN).
+        for (i, len4, len6) in [(self.eth0.clone(), 32, 128), (self.eth1.clone(), 24, 64)] {
+            self.own_addr(i.v4.into(), i.ifindex, i.mac, self.cookie, len4);
+            self.own_addr(i.v6.into(), i.ifindex, i.mac, self.cookie, len6);
+        }
+    }
+
+    /// Writes `VEER_ADDRS_V1[addr]` = interface (`ifindex`, `mac`) of the pod with namespace
+    /// cookie `cookie`, prefix length `prefix_len`.
+    pub fn own_addr(
+        &mut self,
+        addr: IpAddr,
+        ifindex: u32,
+        mac: [u8; 6],
+        cookie: u64,
+        prefix_len: u8,
+    ) {
+        let (family, b) = veer_agent::maps::to_addr16(addr);
+        let owner = AddrOwner {
+            netns_cookie: cookie,
+            iface: IfaceKey::new(ifindex, mac),
+            prefix_len,
+            _pad: [0; 7],
+        };
+        self.maps
+            .addrs
+            .insert(AddrKey::new(family, b), owner, 0)
+            .expect("insert addr");
     }
 
     /// Removes an interface from `VEER_IFACES_V1`.

@@ -26,7 +26,9 @@
 //!   pods' ports (`br-ovn` holds the gateway addresses), forwards too, and enforces **port
 //!   security** on each pod-facing port with an nftables `netdev` ingress chain: frames whose
 //!   source MAC or source IP is not that pod's are dropped (and counted in the named counters
-//!   `bad_mac` and `bad_ip`).
+//!   `bad_mac` and `bad_ip`). The node enforces Calico-style **anti-spoofing** on each
+//!   `cali<i>` (nftables `netdev` ingress): an IP packet from the pod whose source is not its
+//!   `eth0` address is dropped (counted in `bad_src`).
 //! - The server namespace (`srv`) holds the destinations of the seed's route table
 //!   ([`server_addrs`]), reaches the pods' Calico addresses only through the node and their OVN
 //!   addresses only through the gateway, with strict `rp_filter`: a packet with the wrong
@@ -935,6 +937,7 @@ impl Topology {
         }
         t.wire();
         t.port_security_table();
+        t.antispoof_table();
         for _ in 0..t.opts.pods {
             t.add_pod();
         }
@@ -1292,6 +1295,65 @@ impl Topology {
         sysctl(node, &format!("net.ipv4.conf.{cali}.proxy_arp"), "1");
         // Answer proxied ARP at once (the default delays it by up to 0.8 s).
         sysctl(node, &format!("net.ipv4.neigh.{cali}.proxy_delay"), "0");
+        self.antispoof(p, &cali);
+    }
+
+    /// The table of the Calico-side anti-spoofing chains, with the counter they share.
+    fn antispoof_table(&self) {
+        let rules = "table netdev veer_antispoof {\n  counter bad_src { }\n}\n";
+        run(
+            "ip",
+            &["netns", "exec", &self.node, "nft", "-f", "-"],
+            Some(rules),
+        )
+        .unwrap_or_else(|e| panic!("anti-spoofing (is nftables installed?): {e}"));
+    }
+
+    /// Calico-style anti-spoofing on the node's veth of pod `p`: IP packets from the pod whose
+    /// source is not its `eth0` address are dropped (counted in `bad_src`); ARP and IPv6
+    /// link-local/unspecified sources (neighbour discovery) pass.
+    fn antispoof(&self, p: &Pod, cali: &str) {
+        let rules = format!(
+            r#"table netdev veer_antispoof {{
+  chain {cali} {{
+    type filter hook ingress device "{cali}" priority 0; policy accept;
+    ip saddr != {v4} counter name "bad_src" drop
+    ip6 saddr != {{ {v6}, fe80::/10, :: }} counter name "bad_src" drop
+  }}
+}}
+"#,
+            v4 = p.v4,
+            v6 = p.v6,
+        );
+        run(
+            "ip",
+            &["netns", "exec", &self.node, "nft", "-f", "-"],
+            Some(&rules),
+        )
+        .unwrap_or_else(|e| panic!("anti-spoofing (is nftables installed?): {e}"));
+    }
+
+    /// Packets the Calico-side anti-spoofing dropped (all pods).
+    pub fn antispoof_drops(&self) -> u64 {
+        let out = must(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.node,
+                "nft",
+                "list",
+                "counter",
+                "netdev",
+                "veer_antispoof",
+                "bad_src",
+            ],
+        );
+        out.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no packet count in {out:?}"))
     }
 
     /// Wires pod `p`'s OVN-side interface (link, addresses, OVN cluster routes, the gateway's

@@ -775,3 +775,159 @@ fn demo_prints_every_row_ok_before_and_after_moving_the_default_route() {
         "the default route moved from eth0 to eth1:\n{stdout}"
     );
 }
+
+/// One ping from the server namespace to `dst` (its source: the route's `src` hint).
+fn ping_from(ns: &std::path::Path, dst: IpAddr) -> bool {
+    let d = dst.to_string();
+    veer_agent::netns::in_netns(ns, || {
+        veer_tests::programs::command("ping")
+            .args(["-n", "-q", "-c", "1", "-W", "2", &d])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .expect("enter srv")
+}
+
+/// Connections *to* the pod, answered from the address they reached, where the pod's routes
+/// send the peer by the other interface (issue 15): the Calico side drops anything from the
+/// pod's veth whose source is not its eth0 address, the OVN side has port security, so the
+/// reply must leave by the interface owning its source (source-based egress). A peer on the
+/// OVN side (172.16.10.7 / fd00:172:16:10::7 in the server namespace, reaching the pod's OVN
+/// addresses through the OVN gateway; the pod routes it by its eth0 default route) opens TCP,
+/// sends UDP and pings; the mirror peer (10.124.9.9 / fd00:124:0:9::9, reaching the pod's
+/// Calico addresses through the node; the pod routes it by its OVN cluster routes) does the
+/// same to eth0's addresses. With a rule steering the peers to eth1, to eth0, and with none.
+#[test]
+fn inbound_to_either_interfaces_address_is_answered_by_that_interface_v4_v6_tcp_udp_icmp() {
+    if !require_root("inbound_to_either_interfaces_address_is_answered_by_that_interface") {
+        return;
+    }
+    use veer_tests::topology::{OVN_RANGE4, Server, TopologyOpts, ip_in, netns_path, sysctl};
+    let topo = Topology::build(TopologyOpts::default());
+    let pod = topo.pod0().clone();
+    let mut agent = Agent::new();
+    agent.add_topology_pod(&pod);
+    agent.start();
+    let st = agent.wait_pod_managed(&pod.path(), &["eth0", "eth1"]);
+    // The topology's pods have strict rp_filter: the agent reports it.
+    let report = Agent::pod_status(&st, &pod.path())
+        .expect("pod in status")
+        .clone();
+    let skipped = format!("{:?}", report.get("skipped"));
+    assert!(
+        skipped.contains("rp_filter is strict"),
+        "strict rp_filter reported: {skipped}"
+    );
+    // Loose mode, as such pods need (strict drops the requests before any socket sees them).
+    for conf in ["all", "eth0", "eth1"] {
+        sysctl(&pod.ns, &format!("net.ipv4.conf.{conf}.rp_filter"), "2");
+    }
+    let srv = netns_path(&topo.srv);
+    let mirror6: IpAddr = "fd00:124:0:9::9".parse().unwrap();
+    ip_in(
+        &topo.srv,
+        &["addr", "add", &format!("{mirror6}/128"), "dev", "lo"],
+    );
+    // (peer, pod address it reaches, the server namespace's route to it)
+    let cases: [(IpAddr, IpAddr, &str); 4] = [
+        (STEERED4.into(), pod.ovn4.into(), "10.255.2.1"),
+        (STEERED6.into(), pod.ovn6.into(), "fd00:ff:2::1"),
+        (OVN_RANGE4.into(), pod.v4.into(), "10.255.1.1"),
+        (mirror6, pod.v6.into(), "fd00:ff:1::1"),
+    ];
+    for (peer, local, via) in cases {
+        let fam = if local.is_ipv4() { "-4" } else { "-6" };
+        let host = format!("{local}/{}", if local.is_ipv4() { 32 } else { 128 });
+        let peer_s = peer.to_string();
+        ip_in(
+            &topo.srv,
+            &[fam, "route", "replace", &host, "via", via, "src", &peer_s],
+        );
+    }
+    let port = 7210;
+    let _server = Server::start(
+        &pod.path(),
+        &[
+            pod.ovn4.into(),
+            pod.ovn6.into(),
+            pod.v4.into(),
+            pod.v6.into(),
+        ],
+        port,
+        false,
+    );
+    let rules = |dev: Option<&str>| -> String {
+        match dev {
+            None => "[]\n".to_string(),
+            Some(d) => agent::shorthand(
+                &[
+                    ("172.16.10.0/24", d),
+                    ("fd00:172:16:10::/64", d),
+                    ("10.124.9.0/24", d),
+                    ("fd00:124:0:9::/64", d),
+                ],
+                &[],
+            ),
+        }
+    };
+    let before_src = agent.maps().stats_totals().unwrap()[stats::SRC_EGRESS as usize];
+    for dev in [Some("eth1"), Some("eth0"), None] {
+        agent.write_routes(&rules(dev));
+        let want = if dev.is_some() { 4 } else { 0 };
+        let t0 = Instant::now();
+        while agent::rules(&agent.maps()).len() != want {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "rules for {dev:?} not applied"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut bad = Vec::new();
+        for (peer, local, _) in cases {
+            let dst = SocketAddr::new(local, port);
+            let tcp = veer_agent::netns::in_netns(&srv, || veer_tests::topology::tcp_probe(dst))
+                .expect("enter srv");
+            if tcp.as_ref().ok() != Some(&peer) {
+                bad.push(format!("TCP {peer} -> {local}: {tcp:?}"));
+            }
+            let udp = veer_agent::netns::in_netns(&srv, || {
+                veer_tests::topology::udp_probe(Some(peer), dst)
+            })
+            .expect("enter srv");
+            if udp.as_ref().ok() != Some(&peer) {
+                bad.push(format!("UDP {peer} -> {local}: {udp:?}"));
+            }
+            if !ping_from(&srv, local) {
+                bad.push(format!("ping {peer} -> {local}: no reply"));
+            }
+        }
+        let maps = agent.maps();
+        assert!(
+            bad.is_empty(),
+            "rule {dev:?}: {} failures:\n{}\ncounters {:?}; port security drops {} / {}, \
+             Calico anti-spoofing drops {}",
+            bad.len(),
+            bad.join("\n"),
+            seed::nonzero_counters(&maps),
+            topo.port_security_drops("bad_mac"),
+            topo.port_security_drops("bad_ip"),
+            topo.antispoof_drops(),
+        );
+    }
+    let maps = agent.maps();
+    let src = maps.stats_totals().unwrap()[stats::SRC_EGRESS as usize] - before_src;
+    // Per rule variant and case: a SYN-ACK, the rest of the TCP exchange, a UDP reply, a ping
+    // reply all left by the owning interface.
+    assert!(
+        src >= 3 * 4 * 4,
+        "src_egress {src}: {:?}",
+        seed::nonzero_counters(&maps)
+    );
+    assert_eq!(
+        topo.antispoof_drops(),
+        0,
+        "nothing with a wrong source reached the node"
+    );
+    assert_eq!(topo.port_security_drops("bad_ip"), 0, "nor the OVN gateway");
+    seed::assert_no_error_counters(&maps);
+}

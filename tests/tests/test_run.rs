@@ -1068,3 +1068,210 @@ fn multicast_broadcast_link_local_fragments_and_extension_headers_pass_untouched
         assert!(h.flows().is_empty(), "nothing here creates flow state");
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// Source-based egress: a packet whose source is another interface's address of the same pod
+// leaves by that interface, untranslated, before any rule or flow logic.
+
+/// The frame as it leaves `from` (source MAC = that interface's).
+fn leaving(from: &Iface, mut f: Vec<u8>) -> Vec<u8> {
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    f[6..12].copy_from_slice(&from.mac);
+    f
+}
+
+/// The replies a pod sends to a peer that reached it on the interface owning `pod`: SYN-ACK
+/// (MSS already below the owner's MTU, so nothing is clamped), UDP, ICMP echo reply.
+fn replies(pod: IpAddr, peer: IpAddr) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "syn-ack",
+            tcp_frame(pod, peer, 8080, 33000, SYN | ACK, &mss_opt(1300)),
+        ),
+        ("ack", tcp_frame(pod, peer, 8080, 33001, ACK, &[])),
+        ("udp", udp_frame(pod, peer, 53, 5353, false)),
+        ("echo reply", echo_frame(pod, peer, false, 9)),
+    ]
+}
+
+#[test]
+fn a_sibling_interfaces_source_leaves_by_it_untranslated_whatever_the_rules_v4_v6() {
+    with_harness("srcegress", |h| {
+        let (eth0, eth1) = (h.eth0.clone(), h.eth1.clone());
+        for v6 in [false, true] {
+            let peer = if v6 {
+                a("fd00:172:16:10::7")
+            } else {
+                a("172.16.10.7")
+            };
+            let prefix = if v6 {
+                "fd00:172:16:10::/64"
+            } else {
+                "172.16.10.0/24"
+            };
+            // No rule, a rule steering the peer to eth1, a rule steering it to eth0.
+            for rule in [None, Some(1), Some(0)] {
+                if let Some(slot) = rule {
+                    h.rule(prefix, slot, 5, None);
+                }
+                // eth1's address leaving eth0 (the kernel routed the peer via eth0), and the
+                // mirror: eth0's address leaving eth1.
+                for (from, owner) in [(&eth0, &eth1), (&eth1, &eth0)] {
+                    for (what, f) in replies(owner.addr(v6), peer) {
+                        let f = leaving(from, f);
+                        let before = h.stats();
+                        let r = h.egress(from.ifindex, &f);
+                        let d = Harness::delta(&before, &h.stats());
+                        assert_eq!(
+                            r.ret, TC_ACT_REDIRECT,
+                            "{what} from {} leaving {} (rule {rule:?}): {d:?}",
+                            owner.name, from.name
+                        );
+                        assert_eq!(r.out, f, "{what}: untranslated, byte for byte");
+                        let fam = if v6 { "pkt_ipv6" } else { "pkt_ipv4" };
+                        assert_eq!(d, vec![(fam, 1), ("src_egress", 1)], "{what}");
+                    }
+                }
+            }
+        }
+        assert!(
+            h.flows().is_empty(),
+            "source-based egress keeps no flow state"
+        );
+        assert_eq!(h.rule_stats(5), (0, 0), "no rule counted it");
+    });
+}
+
+#[test]
+fn source_based_egress_clamps_a_syn_acks_mss_to_the_owners_mtu() {
+    with_harness("srcegress-mss", |h| {
+        let (eth0, eth1) = (h.eth0.clone(), h.eth1.clone());
+        for (v6, want) in [(false, 1360), (true, 1340)] {
+            let peer = if v6 {
+                a("fd00:172:16:10::7")
+            } else {
+                a("172.16.10.7")
+            };
+            let f = leaving(
+                &eth0,
+                tcp_frame(eth1.addr(v6), peer, 8080, 33000, SYN | ACK, &mss_opt(1460)),
+            );
+            let r = h.egress(eth0.ifindex, &f);
+            assert_eq!(r.ret, TC_ACT_REDIRECT);
+            assert_eq!(mss_of(&r.out), Some(want), "eth1's MTU is 1400");
+            assert_eq!(parse(&r.out).src, eth1.addr(v6), "source untouched");
+            verify_checksums(&r.out).unwrap();
+        }
+    });
+}
+
+#[test]
+fn another_pods_or_an_unknown_source_is_not_redirected_and_left_to_the_rules() {
+    with_harness("srcegress-foreign", |h| {
+        let eth0 = h.eth0.clone();
+        h.rule("172.16.11.0/24", 1, 5, None);
+        let peer = a("172.16.10.7");
+        // Another pod on the node: its OVN interface has the same ifindex as ours (ifindexes
+        // are per namespace), another MAC and another namespace cookie.
+        let other_mac = [0x02, 0, 0, 0, 0, 0x77];
+        let other = a("10.124.2.6");
+        let mut info = h
+            .maps
+            .ifaces
+            .get(&veer_common::IfaceKey::new(h.eth1.ifindex, h.eth1.mac), 0)
+            .unwrap();
+        info.netns_cookie = h.cookie + 1;
+        info.mac = other_mac;
+        info.addr4 = [10, 124, 2, 6];
+        h.maps
+            .ifaces
+            .insert(
+                veer_common::IfaceKey::new(h.eth1.ifindex, other_mac),
+                info,
+                0,
+            )
+            .unwrap();
+        let (ifx, cookie) = (h.eth1.ifindex, h.cookie);
+        h.own_addr(other, ifx, other_mac, cookie + 1, 24);
+        // A forged entry claiming our cookie for the other pod's interface: the interface's own
+        // entry (the agent's view) still says another pod.
+        let forged = a("10.124.2.7");
+        let mut info2 = info;
+        info2.addr4 = [10, 124, 2, 7];
+        let forged_mac = [0x02, 0, 0, 0, 0, 0x78];
+        h.maps
+            .ifaces
+            .insert(
+                veer_common::IfaceKey::new(h.eth1.ifindex, forged_mac),
+                info2,
+                0,
+            )
+            .unwrap();
+        h.own_addr(forged, ifx, forged_mac, cookie, 24);
+        for (src, side) in [(other, true), (forged, true), (a("10.9.9.9"), false)] {
+            for (what, f) in replies(src, peer) {
+                let f = leaving(&eth0, f);
+                let before = h.stats();
+                let r = h.egress(eth0.ifindex, &f);
+                let d = Harness::delta(&before, &h.stats());
+                assert_ne!(r.ret, TC_ACT_REDIRECT, "{what} from {src}: {d:?}");
+                assert!(
+                    !d.iter().any(|(n, _)| *n == "src_egress"),
+                    "{what} from {src}: {d:?}"
+                );
+                assert_eq!(
+                    d.iter().any(|(n, _)| *n == "src_foreign"),
+                    side,
+                    "{what} from {src}: {d:?}"
+                );
+                // Today's logic decided: replies (not SYNs, not echo requests) pass as routed.
+                assert_eq!((r.ret, &r.out), (TC_ACT_OK, &f), "{what} from {src}");
+            }
+        }
+        // A SYN from another pod's address is no exception either: the rule logic decides it
+        // like any SYN leaving our eth0 (source-based egress never redirects it to the other
+        // pod's interface).
+        let syn = leaving(
+            &eth0,
+            tcp_frame(other, peer, 40000, 80, SYN, &mss_opt(1300)),
+        );
+        let before = h.stats();
+        let _ = h.egress(eth0.ifindex, &syn);
+        let d = Harness::delta(&before, &h.stats());
+        assert!(!d.iter().any(|(n, _)| *n == "src_egress"), "{d:?}");
+    });
+}
+
+#[test]
+fn the_common_path_own_source_is_unchanged_by_source_based_egress() {
+    with_harness("srcegress-common", |h| {
+        h.rule("172.16.10.0/24", 1, 5, None);
+        let (eth0, eth1) = (h.eth0.clone(), h.eth1.clone());
+        for (from, dst) in [(&eth0, "192.168.2.7"), (&eth1, "172.16.10.7")] {
+            for (what, f) in replies(from.addr(false), a(dst)) {
+                let f = leaving(from, f);
+                let before = h.stats();
+                let r = h.egress(from.ifindex, &f);
+                let d = Harness::delta(&before, &h.stats());
+                assert_eq!((r.ret, &r.out), (TC_ACT_OK, &f), "{what}: {d:?}");
+                assert!(
+                    !d.iter().any(|(n, _)| n.starts_with("src_")),
+                    "{what}: {d:?}"
+                );
+            }
+        }
+        // A SYN from eth0's own address is still steered by the rule.
+        let syn = tcp_frame(
+            eth0.v4.into(),
+            a("172.16.10.7"),
+            40000,
+            80,
+            SYN,
+            &mss_opt(1300),
+        );
+        let before = h.stats();
+        let r = h.egress(eth0.ifindex, &syn);
+        assert_eq!(r.ret, TC_ACT_REDIRECT);
+        assert!(Harness::delta(&before, &h.stats()).contains(&("steer_new", 1)));
+    });
+}

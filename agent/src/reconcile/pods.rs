@@ -218,6 +218,7 @@ impl Reconciler {
         let lost = lost_addresses(&p.facts, now);
         if !lost.is_empty() {
             self.remove_flows(&lost);
+            crate::srcaddr::forget(&mut self.maps, p.cookie, &lost);
         }
     }
 
@@ -230,6 +231,14 @@ impl Reconciler {
         self.attach_links(&p.netns, &mut p.links, &mut p.debug, &managed)?;
         let cookie = pod_cookie(&p.links, &p.netns)?;
         let keys = self.write_iface_entries(&p.keys, &managed, cookie, p.ruleset)?;
+        // After the interface entries: the datapath checks the owner's entry names the pod.
+        let owners: Vec<&IfaceFacts> = managed.iter().map(|(f, _)| *f).collect();
+        crate::srcaddr::setup(&mut self.maps, &p.netns, cookie, &owners, &mut p.skipped).map_err(
+            |source| PodError::Write {
+                iface: "the address table".into(),
+                source,
+            },
+        )?;
         let pod = format!("{}/{}", p.namespace, p.name);
         let (hops, unreachable) = next_hops(&self.applied, &managed, &pod);
         p.skipped.extend(unreachable);
@@ -339,7 +348,9 @@ impl Reconciler {
         for k in &p.keys {
             let _ = self.maps.ifaces.remove(k);
         }
-        self.remove_flows(&pod_addresses(&p.facts));
+        let addrs = pod_addresses(&p.facts);
+        self.remove_flows(&addrs);
+        crate::srcaddr::forget(&mut self.maps, p.cookie, &addrs);
         if let Some(root) = self.dp.root()
             && let Err(e) = detach_pod(root, p.cookie)
         {
@@ -369,6 +380,7 @@ impl Reconciler {
             let _ = self.maps.ifaces.remove(k);
         }
         self.remove_flows(&entry_addresses(stale.iter().map(|(_, info)| info)));
+        crate::srcaddr::remove_orphans(&mut self.maps, &known);
         if let Some(root) = self.dp.root().map(Path::to_path_buf)
             && let Ok(rd) = std::fs::read_dir(root.join(paths::LINKS_DIR))
         {
