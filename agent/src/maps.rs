@@ -482,7 +482,7 @@ mod tests {
         assert_eq!(counter_class("mss_clamped"), "side");
         assert_eq!(counter_class("flow_half_evicted"), "side");
         let named: Vec<_> = named_counters(&[7; stats::COUNT as usize]).collect();
-        assert_eq!(named.len(), 29);
+        assert_eq!(named.len(), 31);
         assert!(
             named
                 .iter()
