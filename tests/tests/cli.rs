@@ -13,9 +13,9 @@ use aya::maps::PerCpuValues;
 use ipnet::IpNet;
 use serde_json::Value;
 use veer_agent::{
-    cli::index::{IndexEntry, RuleIndex, SlotName},
     dataplane::Dataplane,
     maps::{Maps, monotonic_coarse_ns, rule4_key, rule6_key},
+    report::index::{IndexEntry, RuleIndex, SlotName},
     report::{Mode, PodIface, PodReport, StatusFile},
 };
 use veer_common::{
@@ -311,7 +311,7 @@ fn write_status(dir: &Path) -> PathBuf {
         ..Default::default()
     };
     index
-        .write_atomic(&veer_agent::cli::index::path_for_status(&status))
+        .write_atomic(&veer_agent::report::index::path_for_status(&status))
         .unwrap();
     status
 }

@@ -9,9 +9,10 @@ use veer_common::{
     IfaceKey,
 };
 
-use super::{index::RuleIndex, maps::ConfigRow, or_dash, proto_name, table};
+use super::{maps::ConfigRow, or_dash, proto_name, table};
 use crate::maps::{addr16, iface_addrs16, kind_name, state_name};
 use crate::report::PodReport;
+use crate::report::index::RuleIndex;
 
 /// One flow entry, decoded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -210,7 +211,8 @@ pub fn render(rows: &[FlowRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{index::tests_support::sample_index, maps::effective_config};
+    use crate::cli::maps::effective_config;
+    use crate::report::index::tests_support::sample_index;
     use veer_common::{Config, DIR_IN, IFACE_F_GW4, IFACE_F_V4, ST_CLOSING, ST_EST, ST_NONE};
 
     fn v4(a: [u8; 4]) -> [u8; 16] {

@@ -9,9 +9,10 @@ use veer_common::{
     RuleStats,
 };
 
-use super::{human_bytes, index::RuleIndex, index::via_of, mac_str, or_dash, table};
+use super::{human_bytes, mac_str, or_dash, table};
 use crate::maps::LiveRule;
 use crate::report::PodReport;
+use crate::report::index::{RuleIndex, via_of};
 
 /// One trie entry, decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -334,7 +335,7 @@ pub fn render(r: &MapsReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::index::tests_support::sample_index;
+    use crate::report::index::tests_support::sample_index;
 
     #[test]
     fn rules_join_index_and_counters_and_flag_disagreements() {

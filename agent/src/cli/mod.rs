@@ -10,8 +10,6 @@
 
 pub mod debug;
 pub mod flows;
-/// The rule index is the report's (the CLI reads it): re-exported under its old path.
-pub use crate::report::index;
 pub mod maps;
 pub mod stats;
 pub mod status;

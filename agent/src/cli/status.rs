@@ -16,13 +16,13 @@ use serde::Serialize;
 use crate::{
     debug::DebugState,
     maps::{MapUse, counter_class, named_counters},
-    report::{PodFailure, PodReport, StatusError, StatusFile},
+    report::{
+        PodFailure, PodReport, StatusError, StatusFile,
+        index::{RouteIssue, RuleIndex, SlotName},
+    },
 };
 
-use super::{
-    index::{RouteIssue, RuleIndex, SlotName},
-    or_dash, table,
-};
+use super::{or_dash, table};
 
 /// Default location of the agent's status file.
 pub const DEFAULT_STATUS_FILE: &str = "/run/veer/status.json";
@@ -443,7 +443,7 @@ pub fn render(r: &StatusReport) -> String {
 mod tests {
     use super::*;
     use crate::report::{Mode, PodIface, Skipped};
-    use crate::{cli::index::tests_support::sample_index, maps::occupancy};
+    use crate::{maps::occupancy, report::index::tests_support::sample_index};
 
     /// A standalone agent's status: one pod with two interfaces, one skipped.
     fn standalone() -> StatusFile {

@@ -20,8 +20,9 @@ use veer_common::{
     IfaceKey, NeverSteered, RuleValue, never_steered, stats,
 };
 
-use super::{flows::FlowRow, index::RuleIndex, index::via_of};
+use super::flows::FlowRow;
 use crate::report::PodReport;
+use crate::report::index::{RuleIndex, via_of};
 use crate::{
     lpm::RefRules,
     maps::{iface_addrs16, to_addr16},
@@ -684,7 +685,7 @@ pub fn render(r: &TraceReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::index::tests_support::sample_index;
+    use crate::report::index::tests_support::sample_index;
 
     fn pod_ifaces(eth1: bool, eth1_v6: bool) -> Vec<(IfaceKey, IfaceInfo)> {
         let mut eth0 = IfaceInfo {

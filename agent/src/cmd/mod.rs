@@ -27,9 +27,9 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    cli::{self, index::RuleIndex},
-    error_chain,
+    cli, error_chain,
     maps::{Maps, Snapshot},
+    report::index::{self, RuleIndex},
     report::{PodReport, StatusError, StatusFile},
 };
 
@@ -89,7 +89,7 @@ impl AgentFiles {
         let loaded = StatusFile::load(status_file);
         let status = loaded.as_ref().ok().map(|(s, _)| s.clone());
         let index_path = status.as_ref().map_or_else(
-            || cli::index::path_for_status(status_file),
+            || index::path_for_status(status_file),
             |s| s.index_path(status_file),
         );
         let index = RuleIndex::load(&index_path)
