@@ -3,7 +3,7 @@
 //!
 //! Everything here renders what [`crate::maps`] decodes from the pinned maps
 //! ([`Maps::open_pinned`](crate::maps::Maps::open_pinned), [`crate::maps::Snapshot`]) plus the agent's status file and
-//! [rule index](index), so it works while the agent is down. Each command builds a
+//! [rule index](crate::report::index), so it works while the agent is down. Each command builds a
 //! report struct (its JSON form, `-o json`, has stable field names documented in
 //! `docs/operations.md`) from decoded data with a pure function, then renders it as a table or
 //! JSON; the pure parts are unit-tested without maps.
