@@ -10,7 +10,6 @@
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, atomic::AtomicBool},
-    time::Duration,
 };
 
 use crate::{
@@ -20,11 +19,9 @@ use crate::{
         compile_all_pods, load, services,
     },
     dataplane::{Dataplane, DataplaneError},
-    metrics::Metrics,
     node::{self, Done, NodeConfig, NodeDataplane, NodeError, Source, Wake},
     reconcile::{ReconcileError, Reconciler},
     report::{Mode, StatusFile},
-    wake::{COALESCE, MIN_INTERVAL},
 };
 
 /// Settings of standalone mode.
@@ -34,35 +31,8 @@ pub struct StandaloneConfig {
     pub routes: PathBuf,
     /// Service/EndpointSlice file or directory.
     pub services: Option<PathBuf>,
-    /// CNI result cache directory (`/var/lib/cni/results`).
-    pub cni_dir: PathBuf,
-    /// Network namespace directory (`/var/run/netns`), watched for removals.
-    pub netns_dir: PathBuf,
-    /// veer's bpffs directory.
-    pub bpffs_root: PathBuf,
-    /// Status file written after every round (read by `veer status`).
-    pub status_file: Option<PathBuf>,
-    /// Full resync interval.
-    pub resync: Duration,
-    /// Where the round, attach, pod and source-error metrics go (served by the caller: see
-    /// [`Metrics::start`]).
-    pub metrics: Option<Arc<Metrics>>,
-}
-
-impl StandaloneConfig {
-    /// The node loop's settings.
-    pub fn node(&self) -> NodeConfig {
-        NodeConfig {
-            cni_dir: self.cni_dir.clone(),
-            netns_dir: self.netns_dir.clone(),
-            bpffs_root: self.bpffs_root.clone(),
-            status_file: self.status_file.clone(),
-            metrics: self.metrics.clone(),
-            resync: self.resync,
-            coalesce: COALESCE,
-            min_interval: MIN_INTERVAL,
-        }
-    }
+    /// The node loop's settings (paths, status file, metrics, resync and wake-up timing).
+    pub node: NodeConfig,
 }
 
 /// Errors that stop the agent (everything else is reported and retried).
@@ -221,7 +191,7 @@ fn load_services(path: Option<&Path>, errors: &mut Vec<String>) -> ServiceIndex 
 /// Runs until `stop` is set. Returns only on a fatal error or stop; the datapath (pinned maps
 /// and links) keeps working after the agent exits.
 pub fn run(cfg: StandaloneConfig, stop: Arc<AtomicBool>) -> Result<(), StandaloneError> {
-    let dp = Dataplane::load_pinned(&cfg.bpffs_root)?;
+    let dp = Dataplane::load_pinned(&cfg.node.bpffs_root)?;
     let rec = Reconciler::new(dp)?;
     run_with(cfg, rec, stop)
 }
@@ -237,6 +207,6 @@ pub fn run_with(
         .enable_all()
         .build()
         .map_err(StandaloneError::Runtime)?
-        .block_on(node::run(source, dp, cfg.node(), Wake::new(), stop))?;
+        .block_on(node::run(source, dp, cfg.node, Wake::new(), stop))?;
     Ok(())
 }

@@ -370,11 +370,11 @@ async fn the_agent_loop_applies_rules_and_reports_status() {
     write_cni_result(&cni_dir, "default", "web-1", "uid-web-1");
     write_cni_result(&cni_dir, "default", "db-1", "uid-db-1");
     let mut cfg = K8sConfig::new(NODE, tmp.path().join("bpf"));
-    cfg.cni_dir = cni_dir.clone();
-    cfg.netns_dir = netns_dir;
-    cfg.status_file = Some(tmp.path().join("status.json"));
-    cfg.resync = Duration::from_millis(300);
-    cfg.coalesce = Duration::from_millis(20);
+    cfg.node.cni_dir = cni_dir.clone();
+    cfg.node.netns_dir = netns_dir;
+    cfg.node.status_file = Some(tmp.path().join("status.json"));
+    cfg.node.resync = Duration::from_millis(300);
+    cfg.node.coalesce = Duration::from_millis(20);
 
     let record = Arc::new(Mutex::new(DpRecord::default()));
     let dp = FakeDp {
@@ -524,7 +524,7 @@ async fn the_agent_loop_applies_rules_and_reports_status() {
     .await;
 
     // The status file says what happened.
-    let (report, _) = StatusFile::load(cfg.status_file.as_ref().unwrap()).unwrap();
+    let (report, _) = StatusFile::load(cfg.node.status_file.as_ref().unwrap()).unwrap();
     assert_eq!(report.mode, veer_agent::report::Mode::Kubernetes);
     assert_eq!(report.invalid_routes, ["bad"]);
 
@@ -544,10 +544,10 @@ async fn an_apiserver_that_prunes_the_status_gets_no_patch_storm() {
     seed_cluster(&api);
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = K8sConfig::new(NODE, tmp.path().join("bpf"));
-    cfg.cni_dir = tmp.path().join("cni");
-    cfg.netns_dir = tmp.path().join("netns");
-    cfg.resync = Duration::from_millis(100);
-    cfg.coalesce = Duration::from_millis(10);
+    cfg.node.cni_dir = tmp.path().join("cni");
+    cfg.node.netns_dir = tmp.path().join("netns");
+    cfg.node.resync = Duration::from_millis(100);
+    cfg.node.coalesce = Duration::from_millis(10);
     let record = Arc::new(Mutex::new(DpRecord::default()));
     let dp = FakeDp {
         applied: Compiled::default(),
@@ -576,13 +576,13 @@ async fn stale_pins_are_removed_once_after_the_first_round_without_pod_failures(
     seed_cluster(&api);
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = K8sConfig::new(NODE, tmp.path().join("bpf"));
-    cfg.cni_dir = tmp.path().join("cni");
-    cfg.netns_dir = tmp.path().join("netns");
-    std::fs::create_dir_all(&cfg.cni_dir).unwrap();
-    write_cni_result(&cfg.cni_dir, "default", "web-1", "uid-web-1");
-    write_cni_result(&cfg.cni_dir, "default", "db-1", "uid-db-1");
-    cfg.resync = Duration::from_millis(50);
-    cfg.coalesce = Duration::from_millis(10);
+    cfg.node.cni_dir = tmp.path().join("cni");
+    cfg.node.netns_dir = tmp.path().join("netns");
+    std::fs::create_dir_all(&cfg.node.cni_dir).unwrap();
+    write_cni_result(&cfg.node.cni_dir, "default", "web-1", "uid-web-1");
+    write_cni_result(&cfg.node.cni_dir, "default", "db-1", "uid-db-1");
+    cfg.node.resync = Duration::from_millis(50);
+    cfg.node.coalesce = Duration::from_millis(10);
     let record = Arc::new(Mutex::new(DpRecord {
         failing: ["db-1".to_string()].into(),
         ..Default::default()
@@ -627,7 +627,7 @@ async fn stale_pins_are_removed_once_after_the_first_round_without_pod_failures(
     .await;
     assert_eq!(
         record.lock().unwrap().stale_removals,
-        [cfg.bpffs_root.clone()],
+        [cfg.node.bpffs_root.clone()],
         "removed once, under the agent's bpffs root"
     );
     stop.store(true, Ordering::Relaxed);
@@ -652,11 +652,11 @@ impl Running {
     fn start(client: kube::Client) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let mut cfg = K8sConfig::new(NODE, tmp.path().join("bpf"));
-        cfg.cni_dir = tmp.path().join("cni");
-        cfg.netns_dir = tmp.path().join("netns");
-        cfg.status_file = Some(tmp.path().join("status.json"));
-        cfg.resync = Duration::from_millis(100);
-        cfg.coalesce = Duration::from_millis(10);
+        cfg.node.cni_dir = tmp.path().join("cni");
+        cfg.node.netns_dir = tmp.path().join("netns");
+        cfg.node.status_file = Some(tmp.path().join("status.json"));
+        cfg.node.resync = Duration::from_millis(100);
+        cfg.node.coalesce = Duration::from_millis(10);
         cfg.node_gc_grace = Duration::ZERO;
         let record = Arc::new(Mutex::new(DpRecord::default()));
         let dp = FakeDp {
@@ -669,7 +669,7 @@ impl Running {
             record,
             stop,
             task,
-            status_file: cfg.status_file.unwrap(),
+            status_file: cfg.node.status_file.unwrap(),
             _tmp: tmp,
         }
     }
@@ -873,12 +873,12 @@ async fn a_burst_of_events_costs_few_rounds_and_the_last_state_is_applied() {
     seed_cluster(&api);
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = K8sConfig::new(NODE, tmp.path().join("bpf"));
-    cfg.cni_dir = tmp.path().join("cni");
-    cfg.netns_dir = tmp.path().join("netns");
-    std::fs::create_dir_all(&cfg.cni_dir).unwrap();
-    write_cni_result(&cfg.cni_dir, "default", "db-1", "uid-db-1");
+    cfg.node.cni_dir = tmp.path().join("cni");
+    cfg.node.netns_dir = tmp.path().join("netns");
+    std::fs::create_dir_all(&cfg.node.cni_dir).unwrap();
+    write_cni_result(&cfg.node.cni_dir, "default", "db-1", "uid-db-1");
     // The default coalescing window and minimum interval between rounds.
-    cfg.resync = Duration::from_secs(3600);
+    cfg.node.resync = Duration::from_secs(3600);
     let record = Arc::new(Mutex::new(DpRecord::default()));
     let dp = FakeDp {
         applied: Compiled::default(),

@@ -16,7 +16,10 @@ use std::{
 use veer_agent::{
     config::compile::ALL_PODS_RULESET,
     metrics::Metrics,
-    node::testing::{DpRecord, FakeDp, write_cni_result},
+    node::{
+        NodeConfig,
+        testing::{DpRecord, FakeDp, write_cni_result},
+    },
     report::{Mode, StatusFile},
     standalone::{StandaloneConfig, StandaloneError, run_with},
 };
@@ -39,15 +42,17 @@ impl Running {
         for d in ["routes", "cni", "netns", "run"] {
             std::fs::create_dir_all(tmp.path().join(d)).unwrap();
         }
+        let node = NodeConfig {
+            cni_dir: tmp.path().join("cni"),
+            netns_dir: tmp.path().join("netns"),
+            status_file: Some(tmp.path().join("run/status.json")),
+            metrics: Some(Metrics::new(&tmp.path().join("bpf"))),
+            ..NodeConfig::new(tmp.path().join("bpf"), Duration::from_secs(600))
+        };
         let cfg = StandaloneConfig {
             routes: tmp.path().join("routes/routes.yaml"),
             services: None,
-            cni_dir: tmp.path().join("cni"),
-            netns_dir: tmp.path().join("netns"),
-            bpffs_root: tmp.path().join("bpf"),
-            status_file: Some(tmp.path().join("run/status.json")),
-            resync: Duration::from_secs(600),
-            metrics: Some(Metrics::new(&tmp.path().join("bpf"))),
+            node,
         };
         std::fs::write(&cfg.routes, routes).unwrap();
         let (dp, record) = FakeDp::new();
@@ -56,7 +61,7 @@ impl Running {
         let thread = std::thread::spawn(move || run_with(c, dp, s));
         Self {
             record,
-            metrics: cfg.metrics.clone().unwrap(),
+            metrics: cfg.node.metrics.clone().unwrap(),
             stop,
             thread: Some(thread),
             cfg,
@@ -69,7 +74,7 @@ impl Running {
     }
 
     fn status(&self) -> Option<StatusFile> {
-        StatusFile::load(self.cfg.status_file.as_ref().unwrap())
+        StatusFile::load(self.cfg.node.status_file.as_ref().unwrap())
             .ok()
             .map(|(s, _)| s)
     }
@@ -134,7 +139,7 @@ fn shorthand(cidr: &str, dev: &str) -> String {
 #[test]
 fn route_files_and_the_cni_cache_become_one_apply_and_one_report_per_round() {
     let run = Running::start(&shorthand("172.16.0.0/16", "eth1"));
-    write_cni_result(&run.cfg.cni_dir, "default", "web-1", "uid-web-1");
+    write_cni_result(&run.cfg.node.cni_dir, "default", "web-1", "uid-web-1");
     run.eventually("web-1 given to the dataplane with the rule", |r, _| {
         last_prefixes(r) == ["172.16.0.0/16"]
             && r.rounds.last().is_some_and(|(_, pods)| {
@@ -209,7 +214,7 @@ fn a_bad_route_file_keeps_its_last_good_version_in_force_and_is_reported() {
 fn a_pod_that_fails_to_be_set_up_is_reported_and_retried() {
     let run = Running::start(&shorthand("172.16.0.0/16", "eth1"));
     run.record.lock().unwrap().failing.insert("web-2".into());
-    write_cni_result(&run.cfg.cni_dir, "default", "web-2", "uid-web-2");
+    write_cni_result(&run.cfg.node.cni_dir, "default", "web-2", "uid-web-2");
     run.eventually("the failure reported", |_, s| {
         s.is_some_and(|s| {
             s.pod_failures.iter().any(|f| f.name == "web-2")
@@ -218,7 +223,7 @@ fn a_pod_that_fails_to_be_set_up_is_reported_and_retried() {
     });
     run.record.lock().unwrap().failing.clear();
     // A change of the CNI cache wakes the loop; the retried pod is managed.
-    write_cni_result(&run.cfg.cni_dir, "default", "other", "uid-other");
+    write_cni_result(&run.cfg.node.cni_dir, "default", "other", "uid-other");
     run.eventually("the pod managed after the retry", |_, s| {
         s.is_some_and(|s| s.pod_failures.is_empty() && s.managed().count() == 2)
     });

@@ -426,11 +426,11 @@ async fn the_agent_as_its_service_account_writes_route_status_by_ssa_and_events(
     std::fs::create_dir_all(&netns_dir).unwrap();
     write_cni_result(&cni_dir, "default", "web-0", &uid);
     let mut cfg = K8sConfig::new(NODE, tmp.path().join("bpf"));
-    cfg.cni_dir = cni_dir;
-    cfg.netns_dir = netns_dir;
+    cfg.node.cni_dir = cni_dir;
+    cfg.node.netns_dir = netns_dir;
     let status_file = tmp.path().join("status.json");
-    cfg.status_file = Some(status_file.clone());
-    cfg.resync = Duration::from_millis(500);
+    cfg.node.status_file = Some(status_file.clone());
+    cfg.node.resync = Duration::from_millis(500);
     let (dp, record) = FakeDp::new();
     let stop = Arc::new(AtomicBool::new(false));
     let agent = tokio::spawn(run_with(sa, cfg, dp, stop.clone()));

@@ -73,11 +73,11 @@ impl K8sAgent {
         )
         .expect("write the CNI result file");
         let mut cfg = K8sConfig::new(NODE, &root);
-        cfg.cni_dir = tmp.join("cni");
-        cfg.netns_dir = tmp.join("netns");
-        cfg.status_file = Some(tmp.join("status.json"));
-        cfg.resync = Duration::from_millis(500);
-        cfg.metrics = Some(metrics.clone());
+        cfg.node.cni_dir = tmp.join("cni");
+        cfg.node.netns_dir = tmp.join("netns");
+        cfg.node.status_file = Some(tmp.join("status.json"));
+        cfg.node.resync = Duration::from_millis(500);
+        cfg.node.metrics = Some(metrics.clone());
         let status_file = tmp.join("status.json");
 
         let (api_tx, api_rx) = std::sync::mpsc::channel();
@@ -103,7 +103,7 @@ impl K8sAgent {
                     api.add_kind(k);
                 }
                 api_tx.send(api).expect("hand over the fake API server");
-                let dp = Dataplane::load_pinned(&cfg.bpffs_root).expect("load the dataplane");
+                let dp = Dataplane::load_pinned(&cfg.node.bpffs_root).expect("load the dataplane");
                 let rec = Reconciler::new(dp).expect("open the maps");
                 if let Err(e) = veer_agent::k8s::run_with(client, cfg, rec, stop2).await {
                     panic!("agent loop failed: {e}");

@@ -15,6 +15,7 @@ use anyhow::{Context, bail};
 use crate::{
     k8s::{self, K8sConfig},
     metrics::Metrics,
+    node::NodeConfig,
     standalone::{self, StandaloneConfig},
 };
 
@@ -46,30 +47,35 @@ fn resync(secs: u64) -> Duration {
     Duration::from_secs(secs.max(1))
 }
 
+/// The node loop's settings both modes share (resync: `default_secs` unless given).
+fn node_config(o: &RunOptions, metrics: Option<Arc<Metrics>>, default_secs: u64) -> NodeConfig {
+    let mut node = NodeConfig::new(
+        o.bpffs_root.clone(),
+        resync(o.resync_secs.unwrap_or(default_secs)),
+    );
+    node.cni_dir = o.cni_dir.clone();
+    node.netns_dir = o.netns_dir.clone();
+    node.status_file = Some(o.status_file.clone());
+    node.metrics = metrics;
+    node
+}
+
 /// The Kubernetes mode's configuration (metrics: the endpoint, if served).
 fn k8s_config(o: RunOptions, metrics: Option<Arc<Metrics>>) -> K8sConfig {
-    let mut cfg = K8sConfig::new(o.node_name.unwrap_or_default(), o.bpffs_root);
-    cfg.cni_dir = o.cni_dir;
-    cfg.netns_dir = o.netns_dir;
-    cfg.status_file = Some(o.status_file);
-    cfg.metrics = metrics;
-    if let Some(s) = o.resync_secs {
-        cfg.resync = resync(s);
-    }
+    let mut cfg = K8sConfig::new(
+        o.node_name.clone().unwrap_or_default(),
+        o.bpffs_root.clone(),
+    );
+    cfg.node = node_config(&o, metrics, cfg.node.resync.as_secs());
     cfg
 }
 
 /// The standalone mode's configuration; `None` without `--routes`.
 fn standalone_config(o: RunOptions, metrics: Option<Arc<Metrics>>) -> Option<StandaloneConfig> {
     Some(StandaloneConfig {
+        node: node_config(&o, metrics, STANDALONE_RESYNC_SECS),
         routes: o.routes?,
         services: o.services,
-        cni_dir: o.cni_dir,
-        netns_dir: o.netns_dir,
-        bpffs_root: o.bpffs_root,
-        status_file: Some(o.status_file),
-        resync: resync(o.resync_secs.unwrap_or(STANDALONE_RESYNC_SECS)),
-        metrics,
     })
 }
 
@@ -135,10 +141,10 @@ mod tests {
     #[test]
     fn standalone_needs_routes_and_resyncs_every_10_s_by_default() {
         let cfg = standalone_config(options(), None).unwrap();
-        assert_eq!(cfg.resync, Duration::from_secs(10));
+        assert_eq!(cfg.node.resync, Duration::from_secs(10));
         assert_eq!(cfg.routes, PathBuf::from("/etc/veer/routes"));
-        assert_eq!(cfg.bpffs_root, PathBuf::from("/sys/fs/bpf/veer"));
-        assert_eq!(cfg.status_file, Some("/run/veer/status.json".into()));
+        assert_eq!(cfg.node.bpffs_root, PathBuf::from("/sys/fs/bpf/veer"));
+        assert_eq!(cfg.node.status_file, Some("/run/veer/status.json".into()));
         let no_routes = RunOptions {
             routes: None,
             ..options()
@@ -153,10 +159,10 @@ mod tests {
             ..options()
         };
         assert_eq!(
-            standalone_config(o.clone(), None).unwrap().resync,
+            standalone_config(o.clone(), None).unwrap().node.resync,
             Duration::from_secs(1)
         );
-        assert_eq!(k8s_config(o, None).resync, Duration::from_secs(1));
+        assert_eq!(k8s_config(o, None).node.resync, Duration::from_secs(1));
     }
 
     #[test]
@@ -167,14 +173,14 @@ mod tests {
         };
         let default = K8sConfig::new("n1", "/sys/fs/bpf/veer");
         let cfg = k8s_config(o.clone(), None);
-        assert_eq!(cfg.resync, default.resync);
+        assert_eq!(cfg.node.resync, default.node.resync);
         assert_eq!(cfg.node_name, "n1");
-        assert_eq!(cfg.cni_dir, PathBuf::from("/cni"));
-        assert_eq!(cfg.status_file, Some("/run/veer/status.json".into()));
+        assert_eq!(cfg.node.cni_dir, PathBuf::from("/cni"));
+        assert_eq!(cfg.node.status_file, Some("/run/veer/status.json".into()));
         let given = RunOptions {
             resync_secs: Some(45),
             ..o
         };
-        assert_eq!(k8s_config(given, None).resync, Duration::from_secs(45));
+        assert_eq!(k8s_config(given, None).node.resync, Duration::from_secs(45));
     }
 }

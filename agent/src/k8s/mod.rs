@@ -42,10 +42,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::PodSandbox;
-use crate::config::cni;
 use crate::config::compile::{CompileError, Compiled};
 use crate::dataplane::{Dataplane, DataplaneError};
-use crate::metrics::Metrics;
 use crate::node::{Done, NodeConfig, NodeDataplane, NodeError, Source, Wake};
 use crate::reconcile::{ReconcileError, Reconciler};
 use crate::report::{Mode, PodReport, StatusFile};
@@ -143,59 +141,21 @@ pub fn allowed(group: &str, resource: &str, verb: &str) -> bool {
 pub struct K8sConfig {
     /// This node's name (`spec.nodeName` of its pods; the downward API gives it).
     pub node_name: String,
-    /// CNI result cache directory (`/var/lib/cni/results`).
-    pub cni_dir: PathBuf,
-    /// Network namespace directory (`/var/run/netns`), watched for removals.
-    pub netns_dir: PathBuf,
-    /// veer's bpffs directory.
-    pub bpffs_root: PathBuf,
-    /// Status file written after every round (read by `veer status`), the rule index beside it.
-    pub status_file: Option<PathBuf>,
-    /// Where the round, attach, pod and source-error metrics go (served by the caller: see
-    /// [`Metrics::start`]).
-    pub metrics: Option<Arc<Metrics>>,
-    /// Full resync interval.
-    pub resync: Duration,
-    /// How long the round for a change waits for the changes that come with it (see
-    /// [`crate::wake`]): a few ms, so a watch event reaches the maps at once.
-    pub coalesce: Duration,
-    /// The least time between the starts of two rounds (the floor of
-    /// [`crate::wake::interval_after`]): a burst of changes costs one round per interval.
-    pub min_interval: Duration,
+    /// The node loop's settings (paths, status file, metrics, resync and wake-up timing).
+    pub node: NodeConfig,
     /// How long a status entry of a node that no longer exists stays before this agent's turn
     /// to remove it comes (see [`gc`]).
     pub node_gc_grace: Duration,
 }
 
 impl K8sConfig {
-    /// The node loop's settings.
-    pub fn node(&self) -> NodeConfig {
-        NodeConfig {
-            cni_dir: self.cni_dir.clone(),
-            netns_dir: self.netns_dir.clone(),
-            bpffs_root: self.bpffs_root.clone(),
-            status_file: self.status_file.clone(),
-            metrics: self.metrics.clone(),
-            resync: self.resync,
-            coalesce: self.coalesce,
-            min_interval: self.min_interval,
-        }
-    }
-
     /// Defaults for a node: the usual host paths, resync every 30 s, rounds 5 ms after a change
-    /// and at most every 20 ms (or twice a round's duration), 30 s grace before removing the status entries of deleted
-    /// nodes.
+    /// and at most every 20 ms (or twice a round's duration), 30 s grace before removing the
+    /// status entries of deleted nodes.
     pub fn new(node_name: impl Into<String>, bpffs_root: impl Into<PathBuf>) -> Self {
         Self {
             node_name: node_name.into(),
-            cni_dir: cni::RESULTS_DIR.into(),
-            netns_dir: "/var/run/netns".into(),
-            bpffs_root: bpffs_root.into(),
-            status_file: None,
-            metrics: None,
-            resync: Duration::from_secs(30),
-            coalesce: crate::wake::COALESCE,
-            min_interval: crate::wake::MIN_INTERVAL,
+            node: NodeConfig::new(bpffs_root.into(), Duration::from_secs(30)),
             node_gc_grace: Duration::from_secs(30),
         }
     }
@@ -227,7 +187,7 @@ pub async fn run(cfg: K8sConfig, stop: Arc<AtomicBool>) -> Result<(), K8sError> 
         return Err(K8sError::NoNodeName);
     }
     let client = Client::try_default().await?;
-    let dp = Dataplane::load_pinned(&cfg.bpffs_root)?;
+    let dp = Dataplane::load_pinned(&cfg.node.bpffs_root)?;
     let rec = Reconciler::new(dp)?;
     run_with(client, cfg, rec, stop).await
 }
@@ -277,7 +237,7 @@ pub async fn run_with<D: NodeDataplane>(
     }
     tracing::info!(%node, "caches synced; reconciling");
     let source = ApiSource::new(client, node, refl, cfg.node_gc_grace);
-    crate::node::run(source, dp, cfg.node(), wake, stop).await?;
+    crate::node::run(source, dp, cfg.node, wake, stop).await?;
     Ok(())
 }
 

@@ -66,6 +66,23 @@ pub struct NodeConfig {
     pub min_interval: Duration,
 }
 
+impl NodeConfig {
+    /// The usual host paths (`/var/lib/cni/results`, `/var/run/netns`), no status file or
+    /// metrics, the default wake-up timing ([`crate::wake`]).
+    pub fn new(bpffs_root: PathBuf, resync: Duration) -> Self {
+        Self {
+            cni_dir: cni::RESULTS_DIR.into(),
+            netns_dir: "/var/run/netns".into(),
+            bpffs_root,
+            status_file: None,
+            metrics: None,
+            resync,
+            coalesce: crate::wake::COALESCE,
+            min_interval: crate::wake::MIN_INTERVAL,
+        }
+    }
+}
+
 /// Errors that stop the loop (everything else is reported and retried).
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

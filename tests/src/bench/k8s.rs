@@ -199,9 +199,9 @@ fn measure(o: &K8sOpts) -> Measured {
         }
 
         let mut cfg = K8sConfig::new(NODE, &dirs.root);
-        cfg.cni_dir = dirs.tmp.join("cni");
-        cfg.netns_dir = dirs.tmp.join("netns");
-        cfg.status_file = Some(dirs.tmp.join("status.json"));
+        cfg.node.cni_dir = dirs.tmp.join("cni");
+        cfg.node.netns_dir = dirs.tmp.join("netns");
+        cfg.node.status_file = Some(dirs.tmp.join("status.json"));
         let dp = Dataplane::load_pinned(&dirs.root).expect("load the dataplane");
         let rec = Reconciler::new(dp).expect("reconciler");
         let stop = Arc::new(AtomicBool::new(false));
